@@ -1,0 +1,1 @@
+"""Loading models, finding their units, and the calibration/evaluation corpora."""

