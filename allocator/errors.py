@@ -23,8 +23,9 @@ class InfeasibleError(AllocatorError):
 
     exit_code = 3
 
-    def __init__(self, message: str, *, min_size_bits: float | None = None,
-                 binding: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, min_size_bits: float | None = None, binding: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.min_size_bits = min_size_bits
         self.binding = binding or []

@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # an internal bug: keep the traceback for the report
         traceback.print_exc()
-        typer.echo("internal error: this is a bug in allocator; please report it with the traceback above",
-                   err=True)
+        typer.echo(
+            "internal error: this is a bug in allocator; please report it with the traceback above",
+            err=True,
+        )
         return INTERNAL_ERROR_EXIT_CODE
     return result if isinstance(result, int) else 0
 

@@ -87,7 +87,9 @@ def _fetch_rdb(target: Path) -> None:
             "pass your own text with --text FILE instead"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp, capture_output=True, text=True)
+        result = subprocess.run(
+            ["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp, capture_output=True, text=True
+        )
         debs = list(Path(tmp).glob("*.deb"))
         if not debs:
             raise UnsupportedError(

@@ -61,7 +61,9 @@ def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None
 
 def _file_fingerprint(path: Path) -> str:
     stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:16]
 
 
 def _content_hash(folder: Path) -> str:
@@ -73,14 +75,17 @@ def _content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, dtype: str = "float32",
-               device: str = "cpu") -> LoadedModel:
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu"
+) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode; GGUF files go through the safetensors cache."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UnsupportedError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        raise UnsupportedError(
+            f"--device {device}: no CUDA GPU is available here; use --device cpu"
+        )
     folder, gguf = resolve_model_source(spec)
     torch_dtype = getattr(torch, dtype)
     if gguf is not None:
@@ -91,7 +96,9 @@ def load_model(spec: str | os.PathLike[str] = DEFAULT_MODEL, *, dtype: str = "fl
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval().to(device)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=str(spec), model_hash=_content_hash(folder))
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, source=str(spec), model_hash=_content_hash(folder)
+    )
 
 
 def _cache_gguf(folder: Path, gguf: str, target: Path) -> None:

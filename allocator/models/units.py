@@ -34,23 +34,25 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def find_units(model: nn.Module, *, include_lm_head: bool = False,
-               include_embeddings: bool = False) -> list[Unit]:
+def _is_unit(name: str, module: nn.Module, include_lm_head: bool, include_embeddings: bool) -> bool:
+    if isinstance(module, nn.Embedding):
+        return include_embeddings
+    if not isinstance(module, nn.Linear):
+        return False
+    is_head = name.split(".")[-1] in ("lm_head", "output", "embed_out")
+    return layer_index(name) is not None or (include_lm_head and is_head)
+
+
+def find_units(
+    model: nn.Module, *, include_lm_head: bool = False, include_embeddings: bool = False
+) -> list[Unit]:
     """Every linear layer inside the model's blocks (plus lm_head/embeddings when asked).
 
     ``tie`` is set to the fused-group key (q/k/v, gate/up) where one exists.
     """
     units = []
     for name, module in model.named_modules():
-        is_linear = isinstance(module, nn.Linear)
-        is_embedding = isinstance(module, nn.Embedding)
-        if is_linear and layer_index(name) is not None:
-            pass
-        elif is_linear and include_lm_head and name.split(".")[-1] in ("lm_head", "output", "embed_out"):
-            pass
-        elif is_embedding and include_embeddings:
-            pass
-        else:
+        if not _is_unit(name, module, include_lm_head, include_embeddings):
             continue
         weight = module.weight
         units.append(

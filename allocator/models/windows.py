@@ -8,8 +8,15 @@ from typing import Any
 from allocator.errors import InputError
 
 
-def token_windows(tokenizer: Any, text: str, *, seq_len: int, n_windows: int | None,
-                  seed: int = 0, contiguous: bool = False) -> Any:
+def token_windows(
+    tokenizer: Any,
+    text: str,
+    *,
+    seq_len: int,
+    n_windows: int | None,
+    seed: int = 0,
+    contiguous: bool = False,
+) -> Any:
     """Return a LongTensor (n, seq_len) of token windows from the text.
 
     ``contiguous=True`` takes the first ``n_windows`` non-overlapping windows (evaluation);

@@ -104,8 +104,9 @@ class PackedWeight:
         return sum(t.numel() * t.element_size() * 8 for t in tensors)
 
 
-def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
-                group_size: int) -> PackedWeight:
+def pack_weight(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int
+) -> PackedWeight:
     """Pack RTN/GPTQ output: codes (out, in), scale and zero (out, n_groups)."""
     out_features, in_features = codes.shape
     return PackedWeight(

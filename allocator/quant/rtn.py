@@ -43,7 +43,9 @@ def _grouped(weight: torch.Tensor, group: int) -> torch.Tensor:
     return weight.reshape(out_features, n_groups, group)
 
 
-def group_params(weight: torch.Tensor, bits: int, group: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(
+    weight: torch.Tensor, bits: int, group: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max (or abs-max) scale and zero per group, each (out, n_groups), in fp32."""
     grouped = _grouped(weight.float(), group)
     maxq = 2**bits - 1
@@ -59,24 +61,30 @@ def group_params(weight: torch.Tensor, bits: int, group: int, symmetric: bool) -
     return scale, zero
 
 
-def quantize_with_params(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                         bits: int, group: int) -> torch.Tensor:
+def quantize_with_params(
+    weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group: int
+) -> torch.Tensor:
     """Codes (out, in) for the given per-group scale and zero."""
     in_features = weight.shape[1]
     scale_cols = scale.repeat_interleave(group, dim=1)[:, :in_features]
     zero_cols = zero.repeat_interleave(group, dim=1)[:, :in_features]
-    return torch.clamp(torch.round(weight.float() / scale_cols) + zero_cols, 0, 2**bits - 1).to(torch.uint8)
+    return torch.clamp(torch.round(weight.float() / scale_cols) + zero_cols, 0, 2**bits - 1).to(
+        torch.uint8
+    )
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+def dequantize(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int
+) -> torch.Tensor:
     in_features = codes.shape[1]
     scale_cols = scale.repeat_interleave(group, dim=1)[:, :in_features]
     zero_cols = zero.repeat_interleave(group, dim=1)[:, :in_features]
     return (codes.float() - zero_cols) * scale_cols
 
 
-def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
-                 symmetric: bool = False) -> QuantizedWeight:
+def quantize_rtn(
+    weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = False
+) -> QuantizedWeight:
     group = effective_group(group_size, weight.shape[1])
     scale, zero = group_params(weight, bits, group, symmetric)
     codes = quantize_with_params(weight, scale, zero, bits, group)

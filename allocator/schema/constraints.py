@@ -60,9 +60,15 @@ class OptionFilter(BaseModel):
             return False
         if self.bits is not None and option.bits not in self.bits:
             return False
-        if self.group_size is not None and option.group_size not in self.group_size and not option.is_fp16:
+        if (
+            self.group_size is not None
+            and option.group_size not in self.group_size
+            and not option.is_fp16
+        ):
             return False
-        if self.sparsity is not None and not any(abs(option.sparsity - s) < 1e-9 for s in self.sparsity):
+        if self.sparsity is not None and not any(
+            abs(option.sparsity - s) < 1e-9 for s in self.sparsity
+        ):
             return False
         return not (self.methods is not None and option.method not in self.methods)
 
@@ -86,8 +92,14 @@ class UnitRule(BaseModel):
 
     @model_validator(mode="after")
     def _bounds_order(self) -> UnitRule:
-        if self.min_bits is not None and self.max_bits is not None and self.min_bits > self.max_bits:
-            raise ValueError(f"rule {self.pattern!r}: min_bits={self.min_bits} > max_bits={self.max_bits}")
+        if (
+            self.min_bits is not None
+            and self.max_bits is not None
+            and self.min_bits > self.max_bits
+        ):
+            raise ValueError(
+                f"rule {self.pattern!r}: min_bits={self.min_bits} > max_bits={self.max_bits}"
+            )
         return self
 
 

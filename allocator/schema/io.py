@@ -90,7 +90,9 @@ def read_structured(path: str | os.PathLike[str]) -> Any:
 
 def validate(model: type[M], data: Any, source: str) -> M:
     if not isinstance(data, dict):
-        raise InputError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise InputError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -120,7 +122,9 @@ def _csv_float(row: dict[str, str], column: str, line: int, source: str) -> floa
     try:
         return float(raw)
     except ValueError:
-        raise InputError(f"{source}: line {line}, column '{column}' = {raw!r}: expected a number") from None
+        raise InputError(
+            f"{source}: line {line}, column '{column}' = {raw!r}: expected a number"
+        ) from None
 
 
 def table_from_csv(text: str, source: str = "<csv>") -> SensitivityTable:
@@ -132,7 +136,9 @@ def table_from_csv(text: str, source: str = "<csv>") -> SensitivityTable:
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise InputError(f"{source}: missing CSV columns {missing}; the header must include {','.join(CSV_COLUMNS)}")
+        raise InputError(
+            f"{source}: missing CSV columns {missing}; the header must include {','.join(CSV_COLUMNS)}"
+        )
     units: dict[str, Unit] = {}
     options: dict[str, Option] = {}
     losses: dict[str, dict[str, float]] = {}
@@ -152,7 +158,9 @@ def table_from_csv(text: str, source: str = "<csv>") -> SensitivityTable:
             n, m = (int(x) for x in nm.split(":"))
             fields.update(sparsity_pattern="nm", nm=(n, m), sparsity=1 - n / m)
         else:
-            fields["sparsity"] = _csv_float(row, "sparsity", line, source) if row["sparsity"].strip() else 0.0
+            fields["sparsity"] = (
+                _csv_float(row, "sparsity", line, source) if row["sparsity"].strip() else 0.0
+            )
         option = Option.parse(fields, where=f"{source}: line {line}")
         options.setdefault(option.key, option)
         shape = None
@@ -165,7 +173,9 @@ def table_from_csv(text: str, source: str = "<csv>") -> SensitivityTable:
             except ValidationError as exc:
                 raise InputError(describe_validation_error(exc, f"{source}: line {line}")) from None
         elif units[name].numel != numel:
-            raise InputError(f"{source}: line {line}: unit {name!r} has numel {numel}, earlier {units[name].numel}")
+            raise InputError(
+                f"{source}: line {line}: unit {name!r} has numel {numel}, earlier {units[name].numel}"
+            )
         losses.setdefault(name, {})[option.key] = _csv_float(row, "loss", line, source)
     data = {
         "units": [u.model_dump() for u in units.values()],
@@ -184,11 +194,21 @@ def table_to_csv(table: SensitivityTable) -> str:
         for key, loss in table.losses[unit.name].items():
             opt = table.option(key)
             shape = unit.shape or ("", "")
-            writer.writerow([
-                unit.name, unit.numel, opt.bits, "c" if opt.group_size is None else opt.group_size,
-                f"{opt.sparsity:g}", repr(loss), int(opt.symmetric), opt.method,
-                f"{opt.nm[0]}:{opt.nm[1]}" if opt.nm else "", shape[0], shape[1],
-            ])
+            writer.writerow(
+                [
+                    unit.name,
+                    unit.numel,
+                    opt.bits,
+                    "c" if opt.group_size is None else opt.group_size,
+                    f"{opt.sparsity:g}",
+                    repr(loss),
+                    int(opt.symmetric),
+                    opt.method,
+                    f"{opt.nm[0]}:{opt.nm[1]}" if opt.nm else "",
+                    shape[0],
+                    shape[1],
+                ]
+            )
     return buffer.getvalue()
 
 
@@ -220,7 +240,11 @@ def save_plan(plan: Plan, path: str | os.PathLike[str]) -> None:
 
 
 def json_schema(name: str) -> dict[str, Any]:
-    models: dict[str, type[BaseModel]] = {"constraints": Constraints, "table": SensitivityTable, "plan": Plan}
+    models: dict[str, type[BaseModel]] = {
+        "constraints": Constraints,
+        "table": SensitivityTable,
+        "plan": Plan,
+    }
     if name not in models:
         raise InputError(f"schema name {name!r}: choose one of {sorted(models)}")
     return models[name].model_json_schema()

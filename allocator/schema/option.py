@@ -94,7 +94,9 @@ class Option(BaseModel):
             except ValueError as exc:
                 raise InputError(f"{where}: invalid option {spec!r}: {exc}") from None
         if not isinstance(spec, str):
-            raise InputError(f"{where}: option must be a string like 'b4-g128' or a mapping, got {spec!r}")
+            raise InputError(
+                f"{where}: option must be a string like 'b4-g128' or a mapping, got {spec!r}"
+            )
         text = spec.strip()
         fp16 = _FP16_RE.match(text)
         if fp16:

@@ -55,26 +55,36 @@ class SensitivityTable(BaseModel):
         known_units, known_keys = set(names), set(keys)
         for unit, row in self.losses.items():
             if unit not in known_units:
-                raise ValueError(f"losses: unit {unit!r} is not in units; add it there or drop its row")
+                raise ValueError(
+                    f"losses: unit {unit!r} is not in units; add it there or drop its row"
+                )
             for key, value in row.items():
                 if key not in known_keys:
-                    raise ValueError(f"losses[{unit!r}]: option {key!r} is not in options; add it there")
+                    raise ValueError(
+                        f"losses[{unit!r}]: option {key!r} is not in options; add it there"
+                    )
                 if not math.isfinite(value):
-                    raise ValueError(f"losses[{unit!r}][{key!r}] = {value}: losses must be finite numbers")
+                    raise ValueError(
+                        f"losses[{unit!r}][{key!r}] = {value}: losses must be finite numbers"
+                    )
                 if value < 0:
                     raise ValueError(
                         f"losses[{unit!r}][{key!r}] = {value}: losses must be >= 0 (clip measurement noise to 0)"
                     )
         missing = [n for n in names if not self.losses.get(n)]
         if missing:
-            raise ValueError(f"losses: units {missing[:5]} have no option with a loss; give each unit at least one")
+            raise ValueError(
+                f"losses: units {missing[:5]} have no option with a loss; give each unit at least one"
+            )
         for resource, per_unit in self.resources.items():
             for unit, row in per_unit.items():
                 if unit not in known_units:
                     raise ValueError(f"resources[{resource!r}]: unknown unit {unit!r}")
                 for key, value in row.items():
                     if key not in known_keys or not math.isfinite(value):
-                        raise ValueError(f"resources[{resource!r}][{unit!r}][{key!r}] = {value}: unknown option or not finite")
+                        raise ValueError(
+                            f"resources[{resource!r}][{unit!r}][{key!r}] = {value}: unknown option or not finite"
+                        )
         return self
 
     def unit(self, name: str) -> Unit:

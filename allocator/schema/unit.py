@@ -27,7 +27,9 @@ class Unit(BaseModel):
         if self.shape is not None:
             product = self.shape[0] * self.shape[1]
             if self.numel and self.numel != product:
-                raise ValueError(f"unit {self.name}: numel={self.numel} but shape {self.shape} holds {product}")
+                raise ValueError(
+                    f"unit {self.name}: numel={self.numel} but shape {self.shape} holds {product}"
+                )
             object.__setattr__(self, "numel", product)
         if self.numel <= 0:
             raise ValueError(f"unit {self.name}: give shape or a positive numel")

@@ -35,7 +35,11 @@ class Problem:
         self.cost = np.asarray(self.cost, dtype=np.float64)
         self.loss = np.asarray(self.loss, dtype=np.float64)
         self.valid = np.asarray(self.valid, dtype=bool)
-        if self.cost.shape != self.loss.shape or self.cost.shape != self.valid.shape or self.cost.ndim != 2:
+        if (
+            self.cost.shape != self.loss.shape
+            or self.cost.shape != self.valid.shape
+            or self.cost.ndim != 2
+        ):
             raise ValueError("cost, loss and valid must share one (N, K) shape")
         if not self.valid.any(axis=1).all():
             raise ValueError("every unit needs at least one valid option")
@@ -80,7 +84,9 @@ class Problem:
         total_loss = float(self.loss[rows, choice].sum())
         total_cost = float(self.cost[rows, choice].sum())
         usage = (
-            self.resources[:, rows, choice].sum(axis=1) if self.resources is not None else np.zeros(0)
+            self.resources[:, rows, choice].sum(axis=1)
+            if self.resources is not None
+            else np.zeros(0)
         )
         return total_loss, total_cost, usage
 
@@ -93,10 +99,11 @@ class Problem:
             return False
         if self.resources is not None and np.any(usage > self.resource_limits * (1 + rtol) + 1e-9):
             return False
-        if self.max_distinct is not None and self.option_ids is not None:
-            if len(np.unique(self.option_ids[rows, choice])) > self.max_distinct:
-                return False
-        return True
+        return not (
+            self.max_distinct is not None
+            and self.option_ids is not None
+            and len(np.unique(self.option_ids[rows, choice])) > self.max_distinct
+        )
 
 
 @dataclass
