@@ -26,6 +26,7 @@ app = typer.Typer(
 # Each module defines ``register(app)``; adding a command is adding a module and a line here.
 COMMAND_MODULES = [
     "allocator.cli.solve_cmds",
+    "allocator.cli.serve_cmd",
 ]
 
 

@@ -1,0 +1,1 @@
+"""HTTP service: the solver behind a small JSON API (standard library only)."""
