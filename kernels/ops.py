@@ -1,0 +1,96 @@
+"""``torch.library`` custom ops over the packed layout, dispatched by device and batch size.
+
+The op the executor calls (``torch.ops.allocator.quant_matmul``)::
+
+    quant_matmul(x: Tensor, planes: list[Tensor], scales: Tensor, zeros: Tensor,
+                 bits: int, group_size: int, in_features: int) -> Tensor
+
+- ``x``: (..., in_features) activations, fp16 / bf16 / fp32, any leading shape.
+- ``planes``: the bit planes of ``allocator.quant.packing`` (int32, (K_pad / (32 / w), N) each,
+  low bits first), i.e. ``PackedWeight.planes``.
+- ``scales``, ``zeros``: (n_groups, N) fp16; ``W[k, n] = (code - zero) * scale`` of group
+  ``k // group_size``.
+- returns ``x @ W`` of shape (..., N) in ``x.dtype`` (fp32 accumulation). Bias is the caller's.
+
+On CUDA it runs the Triton kernels: split-K GEMV for M <= 8, a ``tl.dot`` GEMM for M <= 64,
+and a Triton dequantization plus ``torch.matmul`` above; elsewhere the PyTorch reference.
+The fake implementation only computes the output shape, so ``torch.compile`` and CUDA graphs
+capture the op (warm it up once before a capture: the first call compiles and autotunes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from allocator.errors import InputError
+from allocator.quant.packing import WORD_BITS, padded_k, plane_widths
+
+from .reference import reference_quant_matmul
+
+GEMV_MAX_M = 8
+GEMM_MAX_M = 64
+
+
+def check_packed(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> None:
+    """Raise InputError unless the arguments describe one consistent packed weight."""
+    widths = plane_widths(bits)
+    if len(planes) != len(widths):
+        raise InputError(f"bits={bits} needs {len(widths)} planes, got {len(planes)}")
+    if x.shape[-1] != in_features:
+        raise InputError(f"x has {x.shape[-1]} features, weight expects in_features={in_features}")
+    n = scales.shape[1]
+    for plane, width in zip(planes, widths, strict=True):
+        rows = padded_k(in_features) // (WORD_BITS // width)
+        if plane.dtype != torch.int32 or tuple(plane.shape) != (rows, n):
+            raise InputError(
+                f"a {width}-bit plane must be int32 of shape ({rows}, {n}), "
+                f"got {plane.dtype} {tuple(plane.shape)}: repack with allocator.quant.packing"
+            )
+    n_groups = -(-in_features // group_size)
+    if tuple(scales.shape) != (n_groups, n) or tuple(zeros.shape) != (n_groups, n):
+        raise InputError(
+            f"scales/zeros must be ({n_groups}, {n}) for in_features={in_features}, "
+            f"group_size={group_size}; got {tuple(scales.shape)} and {tuple(zeros.shape)}"
+        )
+
+
+def _triton_ready(x: torch.Tensor) -> bool:
+    if not x.is_cuda:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.library.custom_op("allocator::quant_matmul", mutates_args=())
+def quant_matmul(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> torch.Tensor:
+    """``x @ W`` for a bit-plane packed W (see the module docstring for the contract)."""
+    check_packed(x, planes, scales, zeros, bits, group_size, in_features)
+    if not _triton_ready(x):
+        return reference_quant_matmul(x, planes, scales, zeros, bits, group_size, in_features)
+    from .matmul import triton_quant_matmul
+
+    return triton_quant_matmul(x, planes, scales, zeros, bits, group_size, in_features)
+
+
+@quant_matmul.register_fake
+def _quant_matmul_fake(x, planes, scales, zeros, bits, group_size, in_features):
+    return x.new_empty((*x.shape[:-1], scales.shape[1]))

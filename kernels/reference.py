@@ -1,0 +1,60 @@
+"""Pure PyTorch reference for the packed layout of ``allocator.quant.packing`` (any device).
+
+Used on the CPU by ``allocator::quant_matmul`` and as the oracle of the Triton kernels' tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from allocator.quant.packing import WORD_BITS, plane_widths
+
+
+def unpack_planes(planes: list[torch.Tensor], bits: int, in_features: int) -> torch.Tensor:
+    """Codes (K, N) int32 from bit planes, on the planes' device (same result as unpack_codes)."""
+    widths = plane_widths(bits)
+    if len(planes) != len(widths):
+        raise ValueError(f"{bits}-bit weights need {len(widths)} planes, got {len(planes)}")
+    codes: torch.Tensor | None = None
+    shift = 0
+    for plane, width in zip(planes, widths, strict=True):
+        per_word = WORD_BITS // width
+        words = plane.to(torch.int64) & 0xFFFFFFFF
+        offsets = torch.arange(per_word, dtype=torch.int64, device=plane.device) * width
+        part = (words.unsqueeze(1) >> offsets.view(1, per_word, 1)) & ((1 << width) - 1)
+        part = part.reshape(-1, plane.shape[1]) << shift
+        codes = part if codes is None else codes | part
+        shift += width
+    assert codes is not None
+    return codes[:in_features].to(torch.int32)
+
+
+def dequantize_planes(
+    planes: list[torch.Tensor],
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The (K, N) weight ``(code - zero[k // group_size]) * scale[k // group_size]``."""
+    codes = unpack_planes(planes, bits, in_features).to(torch.float64)
+    groups = torch.arange(in_features, device=codes.device) // group_size
+    weight = (codes - zeros.to(torch.float64)[groups]) * scales.to(torch.float64)[groups]
+    return weight.to(dtype)
+
+
+def reference_quant_matmul(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> torch.Tensor:
+    """``x @ W`` for x (..., K) and the packed W (K, N), fp32 accumulation, output in x.dtype."""
+    weight = dequantize_planes(planes, scales, zeros, bits, group_size, in_features)
+    out = x.reshape(-1, in_features).float() @ weight
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[1])
