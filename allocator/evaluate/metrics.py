@@ -1,0 +1,197 @@
+"""Perplexity and mean KL divergence of a causal LM on token windows, streamed batch by batch.
+
+Perplexity is ``exp(mean NLL)`` over every predicted token (positions 1..L-1 of each window).
+Mean KL is ``KL(p_ref || p_model)`` per token, averaged over every position of every window;
+the reference is either a second model (run batch by batch next to the evaluated one) or a
+``LogProbCache`` of its log-probabilities kept on disk in fp16 (renormalized when read), so all
+logits of all windows are never held in memory at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+TOKEN_CHUNK = 512
+
+
+@dataclass
+class EvalResult:
+    """Perplexity (and KL when a reference was given) measured on n_tokens predicted tokens."""
+
+    perplexity: float
+    kl: float | None
+    n_windows: int
+    n_tokens: int
+    seconds: float
+
+
+def _batches(windows: torch.Tensor, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    for start in range(0, windows.shape[0], batch_size):
+        yield start, windows[start : start + batch_size]
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _logits(model: Any, batch: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=batch.to(_device_of(model)), use_cache=False)
+    return out.logits.float().cpu()
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def _nll_sum(logits: torch.Tensor, batch: torch.Tensor) -> float:
+    """Sum of next-token NLL over a batch: logits (B, L, V), batch (B, L)."""
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1])
+    target = batch[:, 1:].reshape(-1)
+    total = 0.0
+    for start in range(0, pred.shape[0], TOKEN_CHUNK):
+        chunk = pred[start : start + TOKEN_CHUNK]
+        total += float(F.cross_entropy(chunk, target[start : start + TOKEN_CHUNK], reduction="sum"))
+    return total
+
+
+def _kl_sum(ref_log_probs: torch.Tensor, logits: torch.Tensor) -> float:
+    """Sum over tokens of KL(ref || model): ref_log_probs and logits (B, L, V)."""
+    ref = ref_log_probs.reshape(-1, ref_log_probs.shape[-1])
+    mod = logits.reshape(-1, logits.shape[-1])
+    total = 0.0
+    for start in range(0, ref.shape[0], TOKEN_CHUNK):
+        ref_chunk = _log_probs(ref[start : start + TOKEN_CHUNK])  # renormalizes cached fp16
+        mod_chunk = _log_probs(mod[start : start + TOKEN_CHUNK])
+        total += float(F.kl_div(mod_chunk, ref_chunk, log_target=True, reduction="sum"))
+    return total
+
+
+class LogProbCache:
+    """A reference model's log-probabilities on fixed windows, stored as fp16 in a disk memmap.
+
+    Build once with ``LogProbCache.build(reference_model, windows)`` and pass it as ``reference``
+    to ``mean_kl``/``evaluate`` for every candidate; 32 x 512 tokens x 49152 vocab take 1.6 GB of
+    disk. ``close()`` (or garbage collection) deletes the file.
+    """
+
+    def __init__(self, windows: torch.Tensor, vocab: int, folder: str | None = None) -> None:
+        self.windows = windows.clone()
+        fd, self.path = tempfile.mkstemp(prefix="logprobs-", suffix=".f16", dir=folder)
+        os.close(fd)
+        shape = (windows.shape[0], windows.shape[1], vocab)
+        self.data = np.memmap(self.path, dtype=np.float16, mode="w+", shape=shape)
+
+    @classmethod
+    def build(
+        cls,
+        model: Any,
+        windows: torch.Tensor,
+        *,
+        batch_size: int = 4,
+        progress: bool = True,
+        folder: str | None = None,
+    ) -> LogProbCache:
+        cache: LogProbCache | None = None
+        bar = tqdm(total=windows.shape[0], desc="reference log-probs", disable=not progress)
+        for start, batch in _batches(windows, batch_size):
+            log_probs = _log_probs(_logits(model, batch))
+            if cache is None:
+                cache = cls(windows, log_probs.shape[-1], folder)
+            cache.data[start : start + batch.shape[0]] = log_probs.half().numpy()
+            bar.update(batch.shape[0])
+        bar.close()
+        assert cache is not None
+        cache.data.flush()
+        return cache
+
+    def log_probs(self, start: int, end: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.data[start:end], dtype=np.float32))
+
+    def close(self) -> None:
+        if getattr(self, "data", None) is not None:
+            del self.data
+            self.data = None  # type: ignore[assignment]
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _reference_log_probs(reference: Any, windows: torch.Tensor, start: int, batch: torch.Tensor):
+    if isinstance(reference, LogProbCache):
+        if not torch.equal(reference.windows[start : start + batch.shape[0]], batch):
+            raise ValueError("the LogProbCache was built on other windows than the ones evaluated")
+        return reference.log_probs(start, start + batch.shape[0])
+    return _logits(reference, batch)
+
+
+def evaluate(
+    model: Any,
+    windows: torch.Tensor,
+    reference: Any = None,
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> EvalResult:
+    """Perplexity of ``model`` on ``windows`` (n, L) and, with a reference, mean KL, in one pass."""
+    began = time.perf_counter()
+    nll, kl = 0.0, 0.0
+    bar = tqdm(total=windows.shape[0], desc=desc, disable=not progress)
+    for start, batch in _batches(windows, batch_size):
+        logits = _logits(model, batch)
+        nll += _nll_sum(logits, batch)
+        if reference is not None:
+            kl += _kl_sum(_reference_log_probs(reference, windows, start, batch), logits)
+        del logits
+        bar.update(batch.shape[0])
+    bar.close()
+    n, seq_len = windows.shape
+    n_pred = n * (seq_len - 1)
+    return EvalResult(
+        perplexity=math.exp(nll / n_pred),
+        kl=None if reference is None else kl / (n * seq_len),
+        n_windows=n,
+        n_tokens=n_pred,
+        seconds=time.perf_counter() - began,
+    )
+
+
+def perplexity(
+    model: Any, windows: torch.Tensor, *, batch_size: int = 4, progress: bool = True
+) -> float:
+    """exp(mean next-token NLL) of the model on windows (n, L)."""
+    return evaluate(
+        model, windows, batch_size=batch_size, progress=progress, desc="perplexity"
+    ).perplexity
+
+
+def mean_kl(
+    model: Any,
+    reference: Any,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> float:
+    """Mean per-token KL(reference || model); reference is a model or a LogProbCache."""
+    result = evaluate(
+        model, windows, reference, batch_size=batch_size, progress=progress, desc="KL"
+    )
+    assert result.kl is not None
+    return result.kl

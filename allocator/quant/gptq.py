@@ -1,0 +1,175 @@
+"""GPTQ (Frantar et al., 2022) in the IST-DASLab accumulator style: ``add_batch`` builds H,
+``quantize`` runs the optimal-brain-quantization column sweep with lazy block updates.
+
+H is the layer-input second moment ``2/n * X^T X`` (any positive scale gives the same result:
+damping is relative to mean(diag H)). Weights are (out, in); groups run along the input.
+Without act-order each group's scale/zero is computed when the sweep reaches the group's first
+column, on the already-updated weights (GPTQ's default). With act-order the columns are swept in
+order of decreasing ``diag(H)`` and the groups stay the ORIGINAL contiguous column groups, their
+parameters computed up front from the unquantized weight ("static groups"), so the result packs in
+the ordinary layout with no ``g_idx``. Scales are rounded to fp16 as they are computed, so the
+error feedback sees exactly the values the packed checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from allocator.quant.rtn import QuantizedWeight, effective_group, group_params
+
+FP16_MIN_NORMAL = 2.0**-14
+
+
+def group_params_fp16(
+    weight: torch.Tensor, bits: int, group: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max (abs-max) scale and zero per group, scale rounded to fp16 as stored; (out, n_groups)."""
+    scale, zero = group_params(weight, bits, group, symmetric)
+    scale = scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
+    return scale, zero
+
+
+def inverse_cholesky(hessian: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp*I)^-1``, damp = percdamp * mean(diag H), in fp32.
+
+    Damping grows tenfold until the factorization succeeds (a singular H from few samples).
+    """
+    h = hessian.double()
+    mean_diag = torch.diag(h).mean().clamp(min=1e-12)
+    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    damp = percdamp
+    for _ in range(8):
+        chol, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(chol)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper.float()
+        damp *= 10
+    raise RuntimeError("GPTQ: the Hessian is not positive definite even with heavy damping")
+
+
+def prepare_hessian(
+    weight: torch.Tensor, hessian: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of W (fp32) and H with dead inputs (diag H == 0) set to H=1, W=0."""
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone()
+    if h.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"H has shape {tuple(h.shape)}, expected {(w.shape[1], w.shape[1])}")
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    return w, h
+
+
+def quantize_column(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, dequantized) of one column (out,) with per-row scale/zero (out,)."""
+    codes = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+    return codes, (codes - zero) * scale
+
+
+def _group_segment(
+    w_block: torch.Tensor, w_full: torch.Tensor, i: int, i2: int, col: int, group: int
+) -> torch.Tensor:
+    """Current values of columns [col, col + group): updated block part plus the lazy rest."""
+    end = min(col + group, w_full.shape[1])
+    inside = w_block[:, i : i + min(end - col, w_block.shape[1] - i)]
+    if end <= i2:
+        return inside
+    return torch.cat([inside, w_full[:, i2:end]], dim=1)
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    *,
+    symmetric: bool = False,
+    act_order: bool = False,
+    block_size: int = 128,
+    percdamp: float = 0.01,
+    keep_mask: torch.Tensor | None = None,
+) -> QuantizedWeight:
+    """GPTQ-quantize a weight (out, in) with input Hessian H (in, in).
+
+    ``keep_mask`` (bool, like weight) forces pruned weights to code = zero (dequantizing to 0) and
+    lets GPTQ compensate for them. Returns codes/scale/zero in the original column order.
+    """
+    w, h = prepare_hessian(weight, hessian)
+    if keep_mask is not None:
+        w = w * keep_mask
+    out_features, cols = w.shape
+    group = effective_group(group_size, cols)
+    n_groups = -(-cols // group)
+    maxq = 2**bits - 1
+    static = act_order or group >= cols
+    scale = torch.zeros(out_features, n_groups)
+    zero = torch.zeros(out_features, n_groups)
+    if static:
+        scale, zero = group_params_fp16(w, bits, group, symmetric)
+    perm = torch.arange(cols)
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
+        if keep_mask is not None:
+            keep_mask = keep_mask[:, perm]
+    hinv = inverse_cholesky(h, percdamp)
+    codes = torch.zeros(out_features, cols)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(perm[col]) // group
+            if not static and col % group == 0:
+                segment = _group_segment(w1, w, i, i2, col, group)
+                s, z = group_params_fp16(segment, bits, segment.shape[1], symmetric)
+                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+            q_codes, q = quantize_column(w1[:, i], scale[:, g], zero[:, g], maxq)
+            if keep_mask is not None:
+                pruned = ~keep_mask[:, col]
+                q_codes = torch.where(pruned, zero[:, g], q_codes)
+                q = torch.where(pruned, torch.zeros_like(q), q)
+            codes[:, col] = q_codes
+            err = (w1[:, i] - q) / hinv1[i, i]
+            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if act_order:
+        unpermuted = torch.empty_like(codes)
+        unpermuted[:, perm] = codes
+        codes = unpermuted
+    return QuantizedWeight(
+        codes=codes.to(torch.uint8), scale=scale, zero=zero, bits=bits, group_size=group
+    )
+
+
+class GPTQ:
+    """Accumulates a layer's input Hessian ``H = 2/n * sum x x^T`` over calibration batches."""
+
+    def __init__(self, in_features: int) -> None:
+        self.hessian = torch.zeros(in_features, in_features)
+        self.n_samples = 0
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        """Add activations (..., in_features); every row is one sample (token)."""
+        x = inputs.detach().reshape(-1, self.hessian.shape[0]).float()
+        n = x.shape[0]
+        if n == 0:
+            return
+        self.hessian *= self.n_samples / (self.n_samples + n)
+        self.n_samples += n
+        x = x * math.sqrt(2.0 / self.n_samples)
+        self.hessian += x.t() @ x
+
+    def quantize(self, weight: torch.Tensor, bits: int, group_size: int | None, **kwargs: object):
+        """GPTQ of ``weight`` with the accumulated H; see ``gptq_quantize`` for options."""
+        return gptq_quantize(weight, self.hessian, bits, group_size, **kwargs)  # type: ignore[arg-type]
