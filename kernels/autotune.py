@@ -1,0 +1,148 @@
+"""Quick autotuning: a few pruned configs per problem, timed once, cached in memory and on disk.
+
+The cache key is (M bucket, N, K, bits, group size, dtype, device name). Set
+``ALLOCATOR_KERNEL_CACHE=/path/file.json`` to keep choices across processes. Without a GPU
+(the Triton interpreter) nothing is timed: the first candidate is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from allocator.schema.io import atomic_write_text
+
+GEMV_MAX_M = 8
+FUSED_MAX_M = 64
+MAX_TILE_ELEMENTS = 16384  # BLOCK_M * BLOCK_K * BLOCK_N of the GEMV broadcast product
+
+_CACHE: dict[str, KernelConfig] = {}
+_DISK_LOADED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape and launch parameters of one fused-kernel launch (or the dequant path)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+    split_k: int = 1
+    use_dot: bool = False
+    reshape: bool = False
+    dequant: bool = False
+
+
+def next_pow2(value: int) -> int:
+    return 1 << max(0, (value - 1).bit_length())
+
+
+def _block_k(block_k: int, group_size: int) -> int:
+    """Shrink a K tile to the group size when that keeps tiles inside one group."""
+    if 32 <= group_size < block_k and group_size == next_pow2(group_size):
+        return group_size
+    return block_k
+
+
+def _split(n_tiles_mn: int, n_k_tiles: int, programs: int) -> int:
+    """Split-K factor giving about ``programs`` programs in all, at most one per K tile."""
+    return max(1, min(n_k_tiles, -(-programs // max(1, n_tiles_mn))))
+
+
+def candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[KernelConfig]:
+    """A small pruned config space for an (M, N, K) problem; the first is the default."""
+    out: list[KernelConfig] = []
+    if m <= GEMV_MAX_M:
+        block_m = next_pow2(m)
+        shapes = [(64, 128, 4, False), (128, 64, 4, False), (64, 128, 4, True), (32, 256, 4, False)]
+        for block_n, block_k, warps, reshape in shapes:
+            block_k = _block_k(block_k, group_size)
+            while block_m * block_n * block_k > MAX_TILE_ELEMENTS and block_k > 32:
+                block_k //= 2
+            for waves in (4, 8):
+                split = _split(-(-n // block_n), -(-k // block_k), waves * sms)
+                out.append(KernelConfig(block_m, block_n, block_k, warps, 2, split, False, reshape))
+    else:
+        block_m = min(max(16, next_pow2(m)), 64)
+        for block_n, block_k, warps, stages in [(64, 64, 4, 3), (128, 64, 4, 3), (128, 32, 8, 4)]:
+            block_k = _block_k(block_k, group_size)
+            tiles = -(-n // block_n) * -(-m // block_m)
+            split = _split(tiles, -(-k // block_k), 2 * sms) if m <= FUSED_MAX_M else 1
+            out.append(KernelConfig(block_m, block_n, block_k, warps, stages, split, True))
+        if m > FUSED_MAX_M:
+            out.append(KernelConfig(64, 64, 64, 4, 2, 1, dequant=True))
+    return list(dict.fromkeys(out))
+
+
+def _key(x2d: torch.Tensor, n: int, k: int, bits: int, group_size: int) -> str:
+    m = x2d.shape[0]
+    bucket = next_pow2(m) if m <= 1024 else 1024 * -(-m // 1024)
+    device = torch.cuda.get_device_name(x2d.device) if x2d.is_cuda else "cpu"
+    return f"{bucket}|{n}|{k}|{bits}|{group_size}|{x2d.dtype}|{device}"
+
+
+def _cache_path() -> Path | None:
+    path = os.environ.get("ALLOCATOR_KERNEL_CACHE")
+    return Path(path) if path else None
+
+
+def _load_disk() -> None:
+    path = _cache_path()
+    if path is None or str(path) in _DISK_LOADED:
+        return
+    _DISK_LOADED.add(str(path))
+    if path.exists():
+        for key, value in json.loads(path.read_text()).items():
+            _CACHE.setdefault(key, KernelConfig(**value))
+
+
+def _save_disk() -> None:
+    path = _cache_path()
+    if path is not None:
+        data = {key: asdict(config) for key, config in sorted(_CACHE.items())}
+        atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def _time_ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+
+def choose_config(
+    x2d: torch.Tensor,
+    planes: list[torch.Tensor],
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+    run: Callable[..., torch.Tensor],
+    run_dequant: Callable[..., torch.Tensor],
+) -> KernelConfig:
+    """The cached best config for this problem, timing each candidate the first time."""
+    _load_disk()
+    n = scales.shape[1]
+    key = _key(x2d, n, in_features, bits, group_size)
+    if key in _CACHE:
+        return _CACHE[key]
+    sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 4
+    pool = candidates(x2d.shape[0], n, in_features, group_size, sms)
+    best = pool[0]
+    if x2d.is_cuda and len(pool) > 1:
+        args = (x2d, planes, scales, zeros, bits, group_size, in_features)
+        timings = {}
+        for config in pool:
+            fn = run_dequant if config.dequant else run
+            timings[config] = _time_ms(lambda fn=fn, config=config: fn(*args, config))
+        best = min(timings, key=timings.__getitem__)
+    _CACHE[key] = best
+    _save_disk()
+    return best
