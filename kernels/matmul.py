@@ -87,7 +87,7 @@ def _tile_codes(
     return codes
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "K", "K_PAD", "tiles_per_split", "n_k_tiles"])
 def _qmm_kernel(
     x_ptr, p0, p1, p2, s_ptr, z_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K, K_PAD, group_size, stride_xm, stride_om, tiles_per_split, n_k_tiles,
