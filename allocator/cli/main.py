@@ -27,6 +27,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "allocator.cli.solve_cmds",
     "allocator.cli.serve_cmd",
+    "allocator.cli.run_cmd",
 ]
 
 

@@ -1,0 +1,75 @@
+"""``allocator run``: profile -> solve -> apply -> evaluate in one command (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from allocator.pipeline import DEFAULT_ESTIMATOR, DEFAULT_OPTIONS, RunSettings
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_command(
+        model: str = typer.Option("smollm2", help="model: 'smollm2', a .gguf file or a HF folder"),
+        budget: float = typer.Option(3.5, help="average bits per weight, overhead included"),
+        out: Annotated[Path, typer.Option(help="output folder (reruns resume here)")] = Path(
+            "runs/default"
+        ),
+        estimator: str = typer.Option(DEFAULT_ESTIMATOR, help="sensitivity estimator"),
+        options: str = typer.Option(
+            DEFAULT_OPTIONS, help="option grid, e.g. 'bits=2,3,4 group=128'"
+        ),
+        method: str = typer.Option("gptq", help="quantizer: gptq, rtn, sparsegpt, wanda"),
+        solver: str = typer.Option("auto", help="solver backend"),
+        profile_windows: int | None = typer.Option(
+            None, help="profiling windows (estimator default)"
+        ),
+        profile_seq_len: int | None = typer.Option(None, help="profiling window length"),
+        quant_windows: int = typer.Option(16, help="GPTQ calibration windows"),
+        eval_windows: int = typer.Option(32, help="evaluation windows"),
+        seq_len: int = typer.Option(512, help="tokens per calibration/evaluation window"),
+        refine_rounds: int = typer.Option(0, help="closed-loop refinement rounds (0 = off)"),
+        calib_text: Annotated[
+            list[Path] | None, typer.Option(help="calibration text files")
+        ] = None,
+        eval_text: Annotated[
+            list[Path] | None, typer.Option(help="held-out evaluation text files")
+        ] = None,
+        compare_uniform: bool = typer.Option(True, help="also evaluate uniform at the same size"),
+        seed: int = typer.Option(0, help="random seed"),
+        device: str = typer.Option("cpu", help="cpu or cuda"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or logs"),
+    ) -> None:
+        """Compress a model end to end under a size budget and report its quality."""
+        from allocator.pipeline import run
+
+        settings = RunSettings(
+            model=model,
+            budget=budget,
+            estimator=estimator,
+            options=options,
+            profile_windows=profile_windows,
+            profile_seq_len=profile_seq_len,
+            quant_windows=quant_windows,
+            eval_windows=eval_windows,
+            seq_len=seq_len,
+            solver=solver,
+            method=method,
+            refine_rounds=refine_rounds,
+            calib_text=[str(p) for p in calib_text] if calib_text else None,
+            eval_text=[str(p) for p in eval_text] if eval_text else None,
+            compare_uniform=compare_uniform,
+            seed=seed,
+            device=device,
+        )
+        log = (lambda _msg: None) if quiet else typer.echo
+        results = run(settings, out, progress=not quiet, log=log)
+        if quiet:
+            rows = results["rows"]
+            for r in rows:
+                typer.echo(
+                    f"{r['method']}: {r['avg_bits']:.3f} bits, perplexity {r['perplexity']:.2f}"
+                )
