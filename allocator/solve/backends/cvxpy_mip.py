@@ -1,0 +1,227 @@
+"""cvxpy front-ends: the binary program (``cvxpy`` = ``cvxpy_highs``, ``cvxpy_scipy``) and its
+continuous relaxation (``cvxpy_relax``).
+
+``cvxpy_relax`` solves the LP with ``0 <= x <= 1``: its optimum is a proven lower bound on the
+optimal loss. It then rounds: each unit takes, among the options carrying LP weight, the one
+using least of the scarcest constraint (with one budget row at most two units are fractional
+and rounding down keeps the plan within budget), repairs any remaining violation greedily and
+spends slack on the best loss-per-cost upgrades. Its status is ``heuristic``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from allocator.errors import UnsupportedError
+from allocator.solve.backends._mip import MipModel, build_mip, proven_bound, solve_with_margins
+from allocator.solve.problem import Problem, Solution
+from allocator.solve.registry import BACKENDS
+
+
+def _import_cvxpy() -> Any:
+    try:
+        import cvxpy
+        import scipy.sparse
+    except ImportError:
+        raise UnsupportedError(
+            "the cvxpy solvers need cvxpy: pip install 'allocator[solvers]', or use solver 'ilp'"
+        ) from None
+    del scipy
+    return cvxpy
+
+
+def _cvxpy_problem(model: MipModel, boolean: bool) -> tuple[Any, Any]:
+    cp = _import_cvxpy()
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(
+        (model.values, (model.rows, model.cols)), shape=(model.n_rows, model.n_cols)
+    )
+    x = cp.Variable(model.n_cols, boolean=boolean)
+    equal = model.row_lower == model.row_upper
+    upper = ~equal & np.isfinite(model.row_upper)
+    constraints = [matrix[equal] @ x == model.row_upper[equal]]
+    if upper.any():
+        constraints.append(matrix[upper] @ x <= model.row_upper[upper])
+    if not boolean:
+        constraints += [x >= 0, x <= 1]
+    return cp.Problem(cp.Minimize(model.objective @ x), constraints), x
+
+
+class _CvxpyMip:
+    name: ClassVar[str] = "cvxpy"
+    supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources", "max_distinct"})
+    exact: ClassVar[bool] = True
+    engine: ClassVar[str] = "HIGHS"
+
+    def _options(self, time_limit: float | None, mip_gap: float) -> dict[str, Any]:
+        if self.engine == "HIGHS":
+            options: dict[str, Any] = {"mip_rel_gap": mip_gap, "mip_abs_gap": 1e-12}
+            if time_limit is not None:
+                options["time_limit"] = float(time_limit)
+            return options
+        scipy_options: dict[str, Any] = {"mip_rel_gap": mip_gap}
+        if time_limit is not None:
+            scipy_options["time_limit"] = float(time_limit)
+        return {"scipy_options": scipy_options}
+
+    def solve(
+        self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
+    ) -> Solution:
+        cp = _import_cvxpy()
+        if self.engine not in cp.installed_solvers():
+            raise UnsupportedError(f"cvxpy has no {self.engine} solver here; use solver 'ilp'")
+        started = time.perf_counter()
+        solution = solve_with_margins(
+            problem, lambda model: self._attempt(problem, model, time_limit, mip_gap)
+        )
+        solution.seconds = time.perf_counter() - started
+        return solution
+
+    def _attempt(
+        self, problem: Problem, model: MipModel, time_limit: float | None, mip_gap: float
+    ) -> Solution:
+        cp = _import_cvxpy()
+        prob, x = _cvxpy_problem(model, boolean=True)
+        try:
+            prob.solve(solver=self.engine, **self._options(time_limit, mip_gap))
+        except cp.error.SolverError as exc:
+            return _no_solution(self.name, problem, str(exc))
+        if x.value is None or prob.status not in ("optimal", "optimal_inaccurate", "user_limit"):
+            return _no_solution(self.name, problem, prob.status)
+        choice = model.choice(x.value, problem)
+        objective, _, _ = problem.evaluate(choice)
+        optimal = prob.status == "optimal"
+        return Solution(
+            choice=choice,
+            status="optimal" if optimal else "time_limit",
+            objective=objective,
+            lower_bound=proven_bound(objective, optimal, mip_gap),
+            solver=self.name,
+            info={"cvxpy_status": prob.status},
+        )
+
+
+def _no_solution(name: str, problem: Problem, why: str) -> Solution:
+    return Solution(
+        choice=np.zeros(problem.n_units, dtype=np.int64),
+        status="infeasible",
+        objective=float("inf"),
+        solver=name,
+        info={"cvxpy_status": why},
+    )
+
+
+@BACKENDS.register("cvxpy")
+class CvxpyBackend(_CvxpyMip):
+    """cvxpy MIP through HiGHS."""
+
+
+@BACKENDS.register("cvxpy_highs")
+class CvxpyHighsBackend(_CvxpyMip):
+    """cvxpy MIP through HiGHS."""
+
+    name: ClassVar[str] = "cvxpy_highs"
+
+
+@BACKENDS.register("cvxpy_scipy")
+class CvxpyScipyBackend(_CvxpyMip):
+    """cvxpy MIP through SciPy's milp (HiGHS inside SciPy)."""
+
+    name: ClassVar[str] = "cvxpy_scipy"
+    engine: ClassVar[str] = "SCIPY"
+
+
+def _usage(problem: Problem, choice: np.ndarray) -> np.ndarray:
+    """Used fraction of each capacity (budget first, then resources) under ``choice``."""
+    _, cost, res = problem.evaluate(choice)
+    limits = [problem.budget] + (
+        [] if problem.resource_limits is None else list(problem.resource_limits)
+    )
+    return np.array([cost, *res]) / np.maximum(np.array(limits), 1e-300)
+
+
+def _rows(problem: Problem) -> np.ndarray:
+    """(1 + R, N, K) cost and resources, each scaled by its limit."""
+    stack = [problem.cost / max(problem.budget, 1e-300)]
+    if problem.resources is not None and problem.resource_limits is not None:
+        stack += [
+            problem.resources[r] / max(lim, 1e-300) for r, lim in enumerate(problem.resource_limits)
+        ]
+    return np.where(problem.valid[None], np.stack(stack), np.inf)
+
+
+def round_relaxed(problem: Problem, x: np.ndarray) -> np.ndarray:
+    """Round a fractional (N, K) solution: cheapest supported option, repair, then upgrade."""
+    scaled = _rows(problem)
+    weight = scaled.max(axis=0)  # the scarcest capacity each option uses
+    support = (x > 1e-7) & problem.valid
+    choice = np.where(support, weight, np.inf).argmin(axis=1)
+    rows = np.arange(problem.n_units)
+    for _ in range(4 * problem.n_units):  # repair: cheapest loss increase per violation removed
+        over = _usage(problem, choice) - 1.0
+        if (over <= 1e-12).all():
+            break
+        worst = int(over.argmax())
+        saving = scaled[worst, rows, choice][:, None] - scaled[worst]
+        extra = problem.loss - problem.loss[rows, choice][:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.where(
+                saving > 0, np.maximum(extra, 0) / np.where(saving > 0, saving, 1), np.inf
+            )
+        if not np.isfinite(score).any():
+            break
+        unit, col = np.unravel_index(np.argmin(score), score.shape)
+        choice[unit] = col
+    for _ in range(4 * problem.n_units):  # upgrade: best loss decrease per capacity used
+        slack = 1.0 - _usage(problem, choice)
+        delta = scaled - scaled[:, rows, choice][:, :, None]
+        fits = (delta <= slack[:, None, None] + 1e-15).all(axis=0) & problem.valid
+        gain = problem.loss[rows, choice][:, None] - problem.loss
+        use = np.maximum(delta.max(axis=0), 1e-15)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.where(fits & (gain > 0), gain / use, -np.inf)
+        if not np.isfinite(score).any():
+            break
+        unit, col = np.unravel_index(np.argmax(score), score.shape)
+        choice[unit] = col
+    return choice
+
+
+@BACKENDS.register("cvxpy_relax")
+class CvxpyRelaxBackend:
+    """LP relaxation through cvxpy: a proven lower bound plus a rounded plan (heuristic)."""
+
+    name: ClassVar[str] = "cvxpy_relax"
+    supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources"})
+    exact: ClassVar[bool] = False
+
+    def solve(
+        self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
+    ) -> Solution:
+        cp = _import_cvxpy()
+        started = time.perf_counter()
+        model = build_mip(problem)
+        prob, x = _cvxpy_problem(model, boolean=False)
+        solver = "HIGHS" if "HIGHS" in cp.installed_solvers() else None
+        prob.solve(solver=solver)
+        if x.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
+            return _no_solution(self.name, problem, prob.status)
+        dense = np.zeros(problem.valid.shape)
+        dense[model.cell_rows, model.cell_cols] = x.value[: model.n_cells]
+        choice = round_relaxed(problem, dense)
+        objective, _, _ = problem.evaluate(choice)
+        bound = float(prob.value) * model.objective_scale
+        feasible = problem.is_feasible(choice)
+        return Solution(
+            choice=choice,
+            status="heuristic" if feasible else "infeasible",
+            objective=objective if feasible else float("inf"),
+            lower_bound=min(bound, objective) if feasible else bound,
+            solver=self.name,
+            seconds=time.perf_counter() - started,
+            info={"cvxpy_status": prob.status, "relaxation_bound": bound},
+        )
