@@ -1,0 +1,214 @@
+"""Lower convex hull of each unit's (cost, loss) points, vectorized over units.
+
+A unit's hull starts at its cheapest option (least loss among equally cheap ones) and walks to its
+least-loss option through the points that some Lagrange multiplier ``lam >= 0`` makes optimal
+(``argmin_j loss + lam * cost``). It is stored as padded segments:
+
+- hull point ``p`` of unit ``i`` is column ``p`` for units already convex in column order (the
+  fast path), else ``slow_cols[s, p]`` where ``slow[s] == i``;
+- ``eff[i, p]``: loss decrease per bit of segment ``p`` (from point ``p`` to ``p + 1``), positive and
+  non-increasing in ``p``; padding holds ``-1``;
+- ``dcost[i, p]``: the segment's extra cost in bits; padding holds ``0``.
+
+Units whose options are already sorted by cost, strictly decreasing in loss and convex take a fast
+path (no sort); the rest go through a sort, a dominance filter and Andrew's monotone chain. The work
+runs in row chunks so temporaries stay small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK_ROWS = 1 << 16
+PAD_EFF = -1.0
+
+
+@dataclass
+class Hulls:
+    """Padded hull segments of N units (see the module docstring)."""
+
+    eff: np.ndarray  # (N, K-1) float64 loss decrease per bit, PAD_EFF padding
+    dcost: np.ndarray  # (N, K-1) float64 segment cost in bits, 0 padding
+    slow: np.ndarray  # (S,) int64 units whose hull is not simply their columns in order
+    slow_cols: np.ndarray  # (S, K) int64 hull point columns of those units, -1 padding
+    base_cost: float  # sum of the hull start points' cost
+    base_loss: float  # sum of the hull start points' loss
+    total_dcost: float  # cost of moving every unit from its hull start to its hull end
+
+    def choice_at(self, positions: np.ndarray) -> np.ndarray:
+        """(N,) columns of hull points at per-unit positions (number of segments taken)."""
+        choice = positions.astype(np.int64)
+        if self.slow.size:
+            choice[self.slow] = self.slow_cols[np.arange(self.slow.size), positions[self.slow]]
+        return choice
+
+    def points(self, unit: int) -> np.ndarray:
+        """Hull point columns of one unit, cheapest first."""
+        where = np.searchsorted(self.slow, unit)
+        if where < self.slow.size and self.slow[where] == unit:
+            cols = self.slow_cols[where]
+            return cols[cols >= 0]
+        return np.arange(self.eff.shape[1] + 1)
+
+
+def row_count(mask: np.ndarray) -> np.ndarray:
+    """(R,) number of True per row of an (R, C) mask; a column loop, fast for small C."""
+    count = np.zeros(mask.shape[0], dtype=np.int16)
+    for j in range(mask.shape[1]):
+        count += mask[:, j]
+    return count
+
+
+def _row_all(mask: np.ndarray) -> np.ndarray:
+    """(R,) whether every entry of each row of an (R, C) mask is True (column loop)."""
+    ok = np.ones(mask.shape[0], dtype=bool)
+    for j in range(mask.shape[1]):
+        ok &= mask[:, j]
+    return ok
+
+
+def _fast_rows(
+    cost: np.ndarray, loss: np.ndarray, eff: np.ndarray, dcost: np.ndarray
+) -> np.ndarray:
+    """Fill eff/dcost (R, K-1) in column order; return the rows that are already convex hulls.
+
+    A row qualifies when cost strictly increases, loss strictly decreases (so all are valid) and
+    the efficiencies do not increase.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.subtract(cost[:, 1:], cost[:, :-1], out=dcost)
+        dloss = loss[:, :-1] - loss[:, 1:]
+        np.divide(dloss, dcost, out=eff)
+        good = (dcost > 0) & (dloss > 0)
+        if eff.shape[1] > 1:
+            good[:, 1:] &= eff[:, 1:] <= eff[:, :-1]
+    return _row_all(good)
+
+
+def _staircase(cost: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort rows by (cost, loss) and keep points strictly better than every cheaper one.
+
+    Returns (order (R, K) of kept columns first, kept count (R,)).
+    """
+    order = np.lexsort((loss, cost), axis=1)
+    sorted_loss = np.take_along_axis(loss, order, axis=1)
+    prev_min = np.minimum.accumulate(sorted_loss, axis=1)
+    keep = np.empty_like(sorted_loss, dtype=bool)
+    keep[:, 0] = np.isfinite(sorted_loss[:, 0])
+    keep[:, 1:] = sorted_loss[:, 1:] < prev_min[:, :-1]
+    # stable partition: kept columns first, in cost order
+    rank = np.argsort(~keep, axis=1, kind="stable")
+    return np.take_along_axis(order, rank, axis=1), keep.sum(axis=1)
+
+
+def _monotone_chain(
+    px: np.ndarray, py: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower hull of each row's first ``count`` points (x strictly increasing, y decreasing).
+
+    Collinear points are kept. Returns (stack (R, K) of point indices, stack size (R,)).
+    """
+    n_rows, k = px.shape
+    rows = np.arange(n_rows)
+    stack = np.zeros((n_rows, k), dtype=np.int64)
+    size = np.zeros(n_rows, dtype=np.int64)
+    for j in range(k):
+        active = count > j
+        while True:
+            idx = np.flatnonzero(active & (size >= 2))
+            if idx.size == 0:
+                break
+            o = stack[idx, size[idx] - 2]
+            a = stack[idx, size[idx] - 1]
+            cross = (px[idx, a] - px[idx, o]) * (py[idx, j] - py[idx, o]) - (
+                py[idx, a] - py[idx, o]
+            ) * (px[idx, j] - px[idx, o])
+            pop = idx[cross < 0]
+            if pop.size == 0:
+                break
+            size[pop] -= 1
+        stack[rows[active], size[active]] = j
+        size[active] += 1
+    return stack, size
+
+
+def _slow_rows(cost: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """General hulls of a few rows: (cols (R, K) with -1 pad, eff (R, K-1), dcost (R, K-1))."""
+    k = cost.shape[1]
+    order, count = _staircase(cost, loss)
+    px = np.take_along_axis(cost, order, axis=1)
+    py = np.take_along_axis(loss, order, axis=1)
+    stack, size = _monotone_chain(px, py, count)
+    in_hull = np.arange(k)[None, :] < size[:, None]
+    cols = np.where(in_hull, np.take_along_axis(order, stack, axis=1), -1)
+    hx = np.take_along_axis(px, stack, axis=1)
+    hy = np.take_along_axis(py, stack, axis=1)
+    seg = np.arange(k - 1)[None, :] < (size - 1)[:, None]
+    dcost = np.where(seg, np.diff(hx, axis=1), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eff = np.where(seg, -np.diff(hy, axis=1) / np.where(seg, dcost, 1.0), PAD_EFF)
+    return cols, eff, dcost
+
+
+def lower_hulls(cost: np.ndarray, loss: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> Hulls:
+    """Compute the padded lower convex hulls of all units of (N, K) cost/loss (inf = invalid)."""
+    n_units, k = cost.shape
+    eff = np.empty((n_units, max(k - 1, 0)), dtype=np.float64)
+    dcost = np.empty_like(eff)
+    slow_rows: list[np.ndarray] = []
+    slow_cols: list[np.ndarray] = []
+    base_cost = base_loss = total_dcost = 0.0
+    for r0 in range(0, n_units, chunk_rows):
+        r1 = min(r0 + chunk_rows, n_units)
+        part_cost, part_loss = cost[r0:r1], loss[r0:r1]
+        ok = _fast_rows(part_cost, part_loss, eff[r0:r1], dcost[r0:r1])
+        base_cost += float(part_cost[:, 0].sum(where=ok))
+        base_loss += float(part_loss[:, 0].sum(where=ok))
+        if not ok.all():
+            slow = np.flatnonzero(~ok)
+            sc, se, sd = _slow_rows(part_cost[slow], part_loss[slow])
+            # guard against rounding: efficiencies never increase along a hull
+            eff[r0 + slow] = np.minimum.accumulate(se, axis=1) if k > 1 else se
+            dcost[r0 + slow] = sd
+            base_cost += float(np.take_along_axis(part_cost[slow], sc[:, :1], axis=1).sum())
+            base_loss += float(np.take_along_axis(part_loss[slow], sc[:, :1], axis=1).sum())
+            slow_rows.append(r0 + slow)
+            slow_cols.append(sc)
+        total_dcost += float(dcost[r0:r1].sum())
+    return Hulls(
+        eff=eff,
+        dcost=dcost,
+        slow=np.concatenate(slow_rows) if slow_rows else np.zeros(0, dtype=np.int64),
+        slow_cols=np.concatenate(slow_cols) if slow_cols else np.zeros((0, k), dtype=np.int64),
+        base_cost=base_cost,
+        base_loss=base_loss,
+        total_dcost=total_dcost,
+    )
+
+
+def gather(values: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """(N,) values[i, choice[i]] of an (N, K) array, through a flat take (faster than fancy rows)."""
+    n_units, k = values.shape
+    flat = np.arange(0, n_units * k, k, dtype=np.int64)
+    flat += choice
+    return np.take(values.reshape(-1), flat)
+
+
+def dual_value(cost: np.ndarray, loss: np.ndarray, lam: float, budget: float) -> float:
+    """Lagrangian dual ``sum_i min_j (loss + lam * cost) - lam * budget``: a lower bound for lam >= 0.
+
+    Computed from the raw arrays (not the hulls), so it certifies the bound independently.
+    """
+    total = 0.0
+    for r0 in range(0, cost.shape[0], CHUNK_ROWS):
+        part_cost, part_loss = cost[r0 : r0 + CHUNK_ROWS], loss[r0 : r0 + CHUNK_ROWS]
+        best = part_loss[:, 0].copy()
+        if lam != 0.0:
+            best += lam * part_cost[:, 0]
+        for j in range(1, cost.shape[1]):
+            column = part_loss[:, j] if lam == 0.0 else part_loss[:, j] + lam * part_cost[:, j]
+            np.minimum(best, column, out=best)
+        total += float(best.sum())
+    return total - lam * budget
