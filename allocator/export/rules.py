@@ -237,9 +237,8 @@ def constraints_for_target(
                 groups |= set(g)
         if not any_group:
             allowed["group_size"] = sorted(groups, key=lambda g: -1 if g is None else g)
-        allowed["sparsity"] = sorted({_sparsity_value(s) for s in rules.sparsity} | {0.0})
-        if "unstructured" in rules.sparsity:
-            allowed.pop("sparsity")
+        if "unstructured" not in rules.sparsity:  # unstructured admits any ratio
+            allowed["sparsity"] = sorted({_sparsity_value(s) for s in rules.sparsity})
         result["allowed"] = allowed
     if rules.per_kind_uniform:
         result["uniform_per_kind"] = True

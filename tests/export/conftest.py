@@ -122,7 +122,16 @@ def mixed_plan(units) -> Plan:
 
 
 TARGETS = sorted(
-    ["gptqmodel", "autoround", "compressed-tensors", "vllm", "llamacpp", "torchao", "modelopt", "hqq"]
+    [
+        "gptqmodel",
+        "autoround",
+        "compressed-tensors",
+        "vllm",
+        "llamacpp",
+        "torchao",
+        "modelopt",
+        "hqq",
+    ]
 )
 
 
