@@ -62,3 +62,28 @@ def brute_force(problem: Problem, rtol: float = 1e-9) -> tuple[float, np.ndarray
     if best_choice is None:
         return None
     return best_loss, best_choice
+
+
+def random_problem(
+    rng: np.random.Generator,
+    *,
+    max_units: int = 6,
+    max_options: int = 5,
+    integer: bool = False,
+    p_valid: float = 0.8,
+) -> Problem:
+    """A small random budget-only Problem: uniform or small-integer costs/losses (many ties),
+    some invalid cells, and a budget anywhere from infeasible to slack."""
+    n_units = int(rng.integers(1, max_units + 1))
+    n_options = int(rng.integers(1, max_options + 1))
+    shape = (n_units, n_options)
+    if integer:
+        cost = rng.integers(1, 10, shape).astype(np.float64)
+        loss = rng.integers(0, 6, shape).astype(np.float64)
+    else:
+        cost = rng.uniform(1.0, 10.0, shape)
+        loss = rng.uniform(0.0, 1.0, shape)
+    valid = rng.random(shape) < p_valid
+    valid[np.arange(n_units), rng.integers(0, n_options, n_units)] = True
+    budget = float(rng.uniform(0.0, np.where(valid, cost, 0.0).sum() + 1.0))
+    return Problem(cost=cost, loss=loss, valid=valid, budget=budget)
