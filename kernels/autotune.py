@@ -15,8 +15,6 @@ from pathlib import Path
 
 import torch
 
-from allocator.schema.io import atomic_write_text
-
 GEMV_MAX_M = 8
 FUSED_MAX_M = 64
 MAX_TILE_ELEMENTS = 16384  # BLOCK_M * BLOCK_K * BLOCK_N of the GEMV broadcast product
@@ -61,17 +59,29 @@ def candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[Kernel
     out: list[KernelConfig] = []
     if m <= GEMV_MAX_M:
         block_m = next_pow2(m)
-        shapes = [(64, 128, 4, False), (128, 64, 4, False), (64, 128, 4, True), (32, 256, 4, False)]
+        shapes = [
+            (64, 128, 4, False),
+            (128, 64, 4, False),
+            (64, 128, 4, True),
+            (32, 256, 4, False),
+            (128, 128, 8, False),
+            (256, 64, 8, True),
+        ]
         for block_n, block_k, warps, reshape in shapes:
             block_k = _block_k(block_k, group_size)
             while block_m * block_n * block_k > MAX_TILE_ELEMENTS and block_k > 32:
                 block_k //= 2
+            while block_m * block_n * block_k > MAX_TILE_ELEMENTS and block_n > 32:
+                block_n //= 2
             for waves in (4, 8):
                 split = _split(-(-n // block_n), -(-k // block_k), waves * sms)
                 out.append(KernelConfig(block_m, block_n, block_k, warps, 2, split, False, reshape))
     else:
         block_m = min(max(16, next_pow2(m)), 64)
-        for block_n, block_k, warps, stages in [(64, 64, 4, 3), (128, 64, 4, 3), (128, 32, 8, 4)]:
+        shapes = [(block_m, 64, 64, 4, 3), (block_m, 128, 64, 4, 3), (block_m, 128, 32, 8, 4)]
+        if m > FUSED_MAX_M:
+            shapes.append((128, 128, 64, 8, 3))
+        for block_m, block_n, block_k, warps, stages in shapes:
             block_k = _block_k(block_k, group_size)
             tiles = -(-n // block_n) * -(-m // block_m)
             split = _split(tiles, -(-k // block_k), 2 * sms) if m <= FUSED_MAX_M else 1
@@ -106,14 +116,46 @@ def _load_disk() -> None:
 def _save_disk() -> None:
     path = _cache_path()
     if path is not None:
+        from allocator.schema.io import atomic_write_text
+
         data = {key: asdict(config) for key, config in sorted(_CACHE.items())}
         atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def _time_ms(fn: Callable[[], object]) -> float:
-    from triton.testing import do_bench
+def rotating_copies(tensors: list[torch.Tensor], l2_bytes: int) -> list[list[torch.Tensor]]:
+    """Enough copies of ``tensors`` (at most 64) that together they span 3x the L2 cache."""
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    count = max(1, min(64, -(-3 * l2_bytes // max(1, nbytes))))
+    return [tensors] + [[t.clone() for t in tensors] for _ in range(count - 1)]
 
-    return float(do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+def gpu_time_ms(calls: list[Callable[[], object]], replays: int = 5) -> float:
+    """Median GPU time of one call, launch overhead excluded.
+
+    The calls (each on its own copy of the data, so none finds it in L2) are captured in one
+    CUDA graph and replayed; the time of a replay over the number of calls.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:  # compile and allocate workspaces outside the capture
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    return sorted(times)[len(times) // 2]
 
 
 def choose_config(
@@ -137,11 +179,19 @@ def choose_config(
     pool = candidates(x2d.shape[0], n, in_features, group_size, sms)
     best = pool[0]
     if x2d.is_cuda and len(pool) > 1:
-        args = (x2d, planes, scales, zeros, bits, group_size, in_features)
+        l2_bytes = torch.cuda.get_device_properties(x2d.device).L2_cache_size
+        copies = rotating_copies([*planes, scales, zeros], l2_bytes)
         timings = {}
         for config in pool:
             fn = run_dequant if config.dequant else run
-            timings[config] = _time_ms(lambda fn=fn, config=config: fn(*args, config))
+            calls = [
+                lambda fn=fn, c=c, config=config: fn(
+                    x2d, c[:-2], c[-2], c[-1], bits, group_size, in_features, config
+                )
+                for c in copies
+            ]
+            timings[config] = gpu_time_ms(calls)
+        del copies
         best = min(timings, key=timings.__getitem__)
     _CACHE[key] = best
     _save_disk()
