@@ -1,0 +1,175 @@
+"""The public solver API: table + constraints -> checked Plan.
+
+``solve`` runs the reductions, the chosen backend, maps the answer back to every unit, fills
+every Plan field and runs the independent checker before returning. It never returns a plan
+that breaks the budget: an infeasible input raises InfeasibleError with the smallest size the
+constraints allow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from allocator import __version__
+from allocator.errors import PlanCheckError, UnsupportedError
+from allocator.schema import io
+from allocator.schema.constraints import Constraints
+from allocator.schema.plan import Assignment, Plan
+from allocator.schema.table import SensitivityTable
+from allocator.solve.checker import assert_plan_ok
+from allocator.solve.infeasible import explain, min_size_bits
+from allocator.solve.problem import Problem, Solution
+from allocator.solve.reductions import Reduction, reduce
+from allocator.solve.registry import BACKENDS, check_supported
+from allocator.solve.resources import resource_value
+
+TableLike = SensitivityTable | str | os.PathLike[str]
+ConstraintsLike = Constraints | str | os.PathLike[str]
+
+
+def as_table(table: TableLike) -> SensitivityTable:
+    return table if isinstance(table, SensitivityTable) else io.load_table(Path(table))
+
+
+def as_constraints(constraints: ConstraintsLike) -> Constraints:
+    if isinstance(constraints, Constraints):
+        return constraints
+    return io.load_constraints(Path(constraints))
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a plan."""
+    found = {"allocator": __version__, "python": platform.python_version()}
+    found["numpy"] = np.__version__
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        found["highspy"] = metadata.version("highspy")
+    return found
+
+
+def pick_backend(problem: Problem, solver: str) -> str:
+    """``auto``: the exact B&B ``mckp`` for budget-only problems when registered, else ``ilp``."""
+    from allocator.solve import backends
+
+    backends.load_all()
+    if solver != "auto":
+        return solver
+    if problem.constraint_kinds() == {"budget"} and "mckp" in BACKENDS:
+        return "mckp"
+    return "ilp"
+
+
+def run_backend(
+    problem: Problem, solver: str, time_limit: float | None, mip_gap: float
+) -> tuple[str, Solution]:
+    """Solve the canonical problem with the named backend (after checking it supports it)."""
+    name = pick_backend(problem, solver)
+    backend = BACKENDS.get(name)
+    check_supported(backend, problem)
+    return name, backend().solve(problem, time_limit=time_limit, mip_gap=mip_gap)
+
+
+def build_plan(
+    table: SensitivityTable,
+    constraints: Constraints,
+    reduction: Reduction,
+    solution: Solution,
+    solver: str,
+    seconds: float,
+) -> Plan:
+    """Map a solution back to every unit and fill every Plan field from the table and size model."""
+    chosen = reduction.assignment(solution.choice)
+    units = {u.name: u for u in table.units}
+    options = {o.key: o for o in table.options}
+    names = [r.name for r in constraints.resources]
+    assignments = []
+    for name, key in chosen.items():
+        unit, option = units[name], options[key]
+        assignments.append(
+            Assignment(
+                unit=name,
+                option=option,
+                numel=unit.numel,
+                cost_bits=constraints.overhead.cost_bits(option, unit),
+                predicted_loss=table.losses[name][key],
+                resources={r: resource_value(table, r, unit, option) for r in names},
+            )
+        )
+    numel = sum(a.numel for a in assignments)
+    size_bits = sum(a.cost_bits for a in assignments)
+    loss = sum(a.predicted_loss for a in assignments)
+    bound = solution.lower_bound
+    return Plan(
+        assignments=assignments,
+        predicted_loss=loss,
+        size_bits=size_bits,
+        size_bytes=size_bits / 8,
+        total_numel=numel,
+        avg_bits=size_bits / numel,
+        budget_bits=constraints.budget.total_bits(numel),
+        resources={r: sum(a.resources[r] for a in assignments) for r in names},
+        solver=solver,
+        status="heuristic" if solution.status == "infeasible" else solution.status,
+        lower_bound=None if bound is None else min(bound, loss),
+        gap=None if bound is None else max(0.0, loss - bound) / max(abs(loss), 1e-12),
+        solve_seconds=seconds,
+        table_hash=table.content_hash(),
+        constraints_hash=constraints.content_hash(),
+        versions=versions(),
+        notes=reduction.notes,
+    )
+
+
+def solve(
+    table: TableLike,
+    constraints: ConstraintsLike,
+    solver: str = "auto",
+    time_limit: float | None = None,
+    mip_gap: float = 0.0,
+) -> Plan:
+    """Choose one option per unit minimising predicted loss under the constraints.
+
+    ``table`` and ``constraints`` are objects or file paths. ``solver`` is a registered backend
+    name or ``auto``. Raises InputError (bad input), InfeasibleError (no plan fits),
+    UnsupportedError (the solver cannot handle a constraint) or PlanCheckError.
+    """
+    started = time.perf_counter()
+    table, constraints = as_table(table), as_constraints(constraints)
+    reduction = reduce(table, constraints)
+    problem = reduction.problem
+    if float(problem.cost.min(axis=1).sum()) > problem.budget * (1 + 1e-12):
+        raise explain(table, constraints, reduction)
+    name, solution = run_backend(problem, solver, time_limit, mip_gap)
+    if solution.status == "infeasible" or not problem.is_feasible(solution.choice):
+        smallest = min_size_bits(problem)
+        if smallest is None or smallest > problem.budget * (1 + 1e-9):
+            raise explain(table, constraints, reduction)
+        if solution.status == "infeasible":
+            raise UnsupportedError(
+                f"solver {name!r} found no plan although one exists (the smallest fits in "
+                f"{smallest:.0f} of {problem.budget:.0f} bits); use solver 'ilp' or a longer "
+                "time limit"
+            )
+        raise PlanCheckError(f"solver {name!r} returned a plan that breaks the constraints")
+    plan = build_plan(table, constraints, reduction, solution, name, time.perf_counter() - started)
+    assert_plan_ok(plan, table, constraints)
+    return plan
+
+
+def check_plan(
+    plan: Plan | str | os.PathLike[str], table: TableLike, constraints: ConstraintsLike
+) -> list[str]:
+    """Violations of ``plan`` against ``table`` and ``constraints`` (empty when sound)."""
+    from allocator.solve.checker import check_plan as check
+
+    loaded = plan if isinstance(plan, Plan) else io.load_plan(Path(plan))
+    return check(loaded, as_table(table), as_constraints(constraints))
+
+
+__all__ = ["check_plan", "solve"]

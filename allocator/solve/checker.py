@@ -1,0 +1,192 @@
+"""Independent plan checker: recompute every number of a plan and test every constraint.
+
+This deliberately does not reuse the reductions: it matches patterns, recomputes costs with the
+size model and losses from the table on its own, so a bug in the solver path cannot hide here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from allocator.errors import InputError, PlanCheckError
+from allocator.schema.constraints import Constraints
+from allocator.schema.plan import Plan
+from allocator.schema.table import SensitivityTable
+from allocator.solve.resources import resource_value
+from allocator.solve.ties import active_presets, preset_key
+
+REL_TOL = 1e-9
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-9)
+
+
+def _within(value: float, limit: float) -> bool:
+    return value <= limit * (1 + REL_TOL) + 1e-6
+
+
+def _search(pattern: str, names: list[str]) -> list[str]:
+    try:
+        regex = re.compile(pattern)
+    except re.error:
+        return []
+    return [n for n in names if regex.search(n)]
+
+
+def _expected_units(table: SensitivityTable, constraints: Constraints) -> list[str]:
+    names = [u.name for u in table.units]
+    chosen = set(names) if constraints.include is None else set()
+    for pattern in constraints.include or []:
+        chosen.update(_search(pattern, names))
+    for pattern in constraints.exclude:
+        chosen.difference_update(_search(pattern, names))
+    return [n for n in names if n in chosen]
+
+
+def _check_units(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+    problems = []
+    seen: dict[str, int] = {}
+    for a in plan.assignments:
+        seen[a.unit] = seen.get(a.unit, 0) + 1
+    problems += [f"unit {n!r} is assigned {k} times" for n, k in seen.items() if k > 1]
+    expected = set(_expected_units(table, constraints))
+    problems += [f"unit {n!r} has no assignment" for n in sorted(expected - set(seen))]
+    problems += [f"unit {n!r} is not a selected table unit" for n in sorted(set(seen) - expected)]
+    return problems
+
+
+def _check_assignments(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+    problems = []
+    units = {u.name: u for u in table.units}
+    size = constraints.overhead
+    for a in plan.assignments:
+        unit, key = units.get(a.unit), a.option.key
+        if unit is None:
+            continue
+        if key not in table.losses[a.unit]:
+            problems.append(f"unit {a.unit!r}: option {key!r} is not in the table for it")
+            continue
+        cost = size.cost_bits(a.option, unit)
+        if not _close(a.cost_bits, cost):
+            problems.append(
+                f"unit {a.unit!r}: cost_bits {a.cost_bits} but the size model gives {cost}"
+            )
+        if not _close(a.predicted_loss, table.losses[a.unit][key]):
+            problems.append(
+                f"unit {a.unit!r}: predicted_loss {a.predicted_loss} but the table gives "
+                f"{table.losses[a.unit][key]}"
+            )
+        if a.numel != unit.numel:
+            problems.append(f"unit {a.unit!r}: numel {a.numel} but the table has {unit.numel}")
+        if constraints.allowed is not None and not constraints.allowed.allows(a.option):
+            problems.append(f"unit {a.unit!r}: option {key!r} is not in constraints 'allowed'")
+    return problems
+
+
+def _check_rules(plan: Plan, constraints: Constraints) -> list[str]:
+    problems = []
+    chosen = plan.options_by_unit()
+    names = list(chosen)
+    for k, rule in enumerate(constraints.rules):
+        for name in _search(rule.pattern, names):
+            option, where = chosen[name], f"unit {name!r} breaks rules[{k}] ({rule.pattern!r}):"
+            if rule.pin is not None and option.key != rule.pin:
+                problems.append(f"{where} pinned to {rule.pin} but has {option.key}")
+            if rule.allow is not None and not rule.allow.allows(option):
+                problems.append(f"{where} option {option.key} is not allowed")
+            if rule.min_bits is not None and option.bits < rule.min_bits:
+                problems.append(f"{where} {option.bits} bits < min_bits {rule.min_bits}")
+            if rule.max_bits is not None and option.bits > rule.max_bits:
+                problems.append(f"{where} {option.bits} bits > max_bits {rule.max_bits}")
+            if rule.max_sparsity is not None and option.sparsity > rule.max_sparsity + 1e-12:
+                problems.append(f"{where} sparsity {option.sparsity} > {rule.max_sparsity}")
+    return problems
+
+
+def _check_ties(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+    chosen = {n: o.key for n, o in plan.options_by_unit().items()}
+    names = list(chosen)
+    groups = [sorted({n for p in group for n in _search(p, names)}) for group in constraints.ties]
+    units = {u.name: u for u in table.units}
+    for preset in active_presets(list(constraints.tie_presets), constraints.target):
+        by_key: dict[str, list[str]] = {}
+        for name in names:
+            key = preset_key(units[name], preset) if name in units else None
+            if key is not None:
+                by_key.setdefault(key, []).append(name)
+        groups += list(by_key.values())
+    problems = []
+    for group in groups:
+        keys = {chosen[n] for n in group}
+        if len(keys) > 1:
+            problems.append(f"tied units {group[:4]} use different options {sorted(keys)}")
+    return problems
+
+
+def _check_totals(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+    problems = []
+    numel = sum(a.numel for a in plan.assignments)
+    size_bits = sum(a.cost_bits for a in plan.assignments)
+    loss = sum(a.predicted_loss for a in plan.assignments)
+    budget = constraints.budget.total_bits(numel)
+    expected = {
+        "total_numel": numel,
+        "size_bits": size_bits,
+        "size_bytes": size_bits / 8,
+        "avg_bits": size_bits / max(numel, 1),
+        "predicted_loss": loss,
+        "budget_bits": budget,
+    }
+    for field, value in expected.items():
+        if not _close(float(getattr(plan, field)), float(value)):
+            problems.append(
+                f"plan {field} = {getattr(plan, field)} but the assignments give {value}"
+            )
+    if not _within(size_bits, budget):
+        problems.append(f"size {size_bits:.0f} bits exceeds the budget {budget:.0f} bits")
+    distinct = {a.option.key for a in plan.assignments}
+    cap = constraints.max_distinct_options
+    if cap is not None and len(distinct) > cap:
+        problems.append(f"{len(distinct)} distinct options used, cap is {cap}: {sorted(distinct)}")
+    if plan.lower_bound is not None and plan.lower_bound > loss * (1 + 1e-6) + 1e-12:
+        problems.append(f"lower_bound {plan.lower_bound} exceeds the plan's loss {loss}")
+    units = {u.name: u for u in table.units}
+    for limit in constraints.resources:
+        try:
+            used = sum(
+                resource_value(table, limit.name, units[a.unit], a.option)
+                for a in plan.assignments
+                if a.unit in units
+            )
+        except InputError as exc:  # an unknown resource is itself a violation here
+            problems.append(f"resource {limit.name!r}: {exc}")
+            continue
+        if not _within(used, limit.max):
+            problems.append(f"resource {limit.name!r} uses {used} > limit {limit.max}")
+        if limit.name in plan.resources and not _close(plan.resources[limit.name], used):
+            problems.append(
+                f"plan resources[{limit.name!r}] = {plan.resources[limit.name]} but recomputed {used}"
+            )
+    return problems
+
+
+def check_plan(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+    """Every way ``plan`` breaks ``constraints`` or disagrees with ``table``; empty when sound."""
+    return (
+        _check_units(plan, table, constraints)
+        + _check_assignments(plan, table, constraints)
+        + _check_rules(plan, constraints)
+        + _check_ties(plan, table, constraints)
+        + _check_totals(plan, table, constraints)
+    )
+
+
+def assert_plan_ok(plan: Plan, table: SensitivityTable, constraints: Constraints) -> None:
+    """Raise PlanCheckError listing the violations, if any."""
+    problems = check_plan(plan, table, constraints)
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise PlanCheckError(f"plan check failed: {shown}{more}")

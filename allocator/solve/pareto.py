@@ -1,0 +1,126 @@
+"""The loss-vs-size frontier: solve the same constraints over a range of average-bit budgets.
+
+Budgets are solved in increasing order. The frontier is monotone: a larger budget never gets a
+worse loss (a heuristic backend's worse answer is replaced by the previous plan, which still
+fits the larger budget). Budgets below the smallest achievable size are reported, not solved.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from allocator.errors import InfeasibleError
+from allocator.schema.constraints import Budget
+from allocator.schema.plan import Plan
+from allocator.solve.api import ConstraintsLike, TableLike, as_constraints, as_table, solve
+
+DEFAULT_BUDGETS = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+
+
+class ParetoPoint(BaseModel):
+    """One budget of a sweep: its plan summary (and plan), or why there is none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_avg_bits: float
+    feasible: bool
+    avg_bits: float | None = None
+    size_bytes: float | None = None
+    predicted_loss: float | None = None
+    lower_bound: float | None = None
+    gap: float | None = None
+    status: str | None = None
+    solver: str | None = None
+    reason: str | None = None
+    plan: Plan | None = Field(default=None, repr=False)
+
+
+class ParetoFront(BaseModel):
+    """A whole sweep, written by ``allocator pareto``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    points: list[ParetoPoint]
+    table_hash: str
+    constraints_hash: str
+
+
+def _point(budget: float, plan: Plan) -> ParetoPoint:
+    return ParetoPoint(
+        budget_avg_bits=budget,
+        feasible=True,
+        avg_bits=plan.avg_bits,
+        size_bytes=plan.size_bytes,
+        predicted_loss=plan.predicted_loss,
+        lower_bound=plan.lower_bound,
+        gap=plan.gap,
+        status=plan.status,
+        solver=plan.solver,
+        plan=plan,
+    )
+
+
+def sweep(
+    table: TableLike,
+    constraints: ConstraintsLike,
+    budgets: list[float] | tuple[float, ...] = DEFAULT_BUDGETS,
+    solver: str = "auto",
+    time_limit: float | None = None,
+    mip_gap: float = 0.0,
+) -> list[ParetoPoint]:
+    """Solve at each average-bits budget (ascending); loss is non-increasing along the result."""
+    table, constraints = as_table(table), as_constraints(constraints)
+    points: list[ParetoPoint] = []
+    best: Plan | None = None
+    for budget in sorted(set(float(b) for b in budgets)):
+        at_budget = constraints.model_copy(update={"budget": Budget(avg_bits=budget)})
+        try:
+            plan = solve(table, at_budget, solver=solver, time_limit=time_limit, mip_gap=mip_gap)
+        except InfeasibleError as exc:
+            points.append(ParetoPoint(budget_avg_bits=budget, feasible=False, reason=str(exc)))
+            continue
+        if best is not None and plan.predicted_loss > best.predicted_loss:
+            plan = best.model_copy(
+                update={
+                    "budget_bits": plan.budget_bits,
+                    "constraints_hash": plan.constraints_hash,
+                    "notes": [*best.notes, f"kept the plan of a smaller budget at {budget:g} bits"],
+                }
+            )
+        best = plan
+        points.append(_point(budget, plan))
+    return points
+
+
+def front(table: TableLike, constraints: ConstraintsLike, points: list[ParetoPoint]) -> ParetoFront:
+    return ParetoFront(
+        points=points,
+        table_hash=as_table(table).content_hash(),
+        constraints_hash=as_constraints(constraints).content_hash(),
+    )
+
+
+def points_csv(points: list[ParetoPoint]) -> str:
+    """One row per budget: budget, feasible, avg_bits, size_bytes, loss, bound, gap, status."""
+    buffer = _io.StringIO()
+    columns = [
+        "budget_avg_bits",
+        "feasible",
+        "avg_bits",
+        "size_bytes",
+        "predicted_loss",
+        "lower_bound",
+        "gap",
+        "status",
+        "solver",
+    ]
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for point in points:
+        row = point.model_dump(include=set(columns))
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+    return buffer.getvalue()
