@@ -71,12 +71,16 @@ def sweep(
     solver: str = "auto",
     time_limit: float | None = None,
     mip_gap: float = 0.0,
+    progress: bool = False,
 ) -> list[ParetoPoint]:
     """Solve at each average-bits budget (ascending); loss is non-increasing along the result."""
+    from tqdm import tqdm
+
     table, constraints = as_table(table), as_constraints(constraints)
     points: list[ParetoPoint] = []
     best: Plan | None = None
-    for budget in sorted(set(float(b) for b in budgets)):
+    ordered = sorted({float(b) for b in budgets})
+    for budget in tqdm(ordered, desc="pareto", unit="budget", disable=not progress):
         at_budget = constraints.model_copy(update={"budget": Budget(avg_bits=budget)})
         try:
             plan = solve(table, at_budget, solver=solver, time_limit=time_limit, mip_gap=mip_gap)
