@@ -82,7 +82,9 @@ def export_llamacpp(plan: Plan, context: ExportContext) -> ExportResult:
     lines = [
         f"{anchored(exact_names_regex(names))}={ggml.lower()}" for ggml, names in by_type.items()
     ]
-    base = max(by_type, key=lambda t: len(by_type[t]))
+    # overrides apply only under a quantized base ftype, so F16 is never the base
+    quantized = [t for t in by_type if t != "F16"]
+    base = max(quantized, key=lambda t: len(by_type[t])) if quantized else "Q8_0"
     report = header_lines(plan, "llamacpp")
     for (key, ggml), numels in sorted(mapping.items()):
         report.append(
