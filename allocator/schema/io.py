@@ -27,6 +27,9 @@ from allocator.schema.unit import Unit
 
 M = TypeVar("M", bound=BaseModel)
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 CSV_COLUMNS = ("unit", "numel", "bits", "group_size", "sparsity", "loss")
 
 
@@ -44,6 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file permissions
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

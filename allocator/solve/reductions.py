@@ -62,6 +62,9 @@ class Reduction:
         return {name: chosen[name] for name in self.units}
 
 
+_SELECTED = " left by include/exclude"
+
+
 def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
@@ -69,15 +72,15 @@ def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
         raise InputError(f"{where}: {pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def match_units(pattern: str, names: list[str], where: str) -> list[str]:
+def match_units(pattern: str, names: list[str], where: str, scope: str = "") -> list[str]:
     """Names that ``pattern`` finds (``re.search``); a pattern matching nothing is an InputError."""
     regex = compile_pattern(pattern, where)
     found = [n for n in names if regex.search(n)]
     if not found:
         example = names[0] if names else "(none)"
         raise InputError(
-            f"{where}: pattern {pattern!r} matches no unit; unit names look like {example!r} "
-            "(patterns use re.search; anchor with ^...$ for exact names)"
+            f"{where}: pattern {pattern!r} matches no unit{scope}; unit names look like "
+            f"{example!r} (patterns use re.search; anchor with ^...$ for exact names)"
         )
     return found
 
@@ -147,7 +150,9 @@ def apply_filters(
         _filter_units(state, table, state.units, constraints.allowed, "constraints allowed")
     for k, rule in enumerate(constraints.rules):
         where = f"constraints rules[{k}] (pattern {rule.pattern!r})"
-        members = match_units(rule.pattern, state.units, f"constraints rules[{k}].pattern")
+        members = match_units(
+            rule.pattern, state.units, f"constraints rules[{k}].pattern", _SELECTED
+        )
         _filter_units(
             state,
             table,
@@ -166,7 +171,9 @@ def apply_pins(state: Candidates, table: SensitivityTable, constraints: Constrai
     for k, rule in enumerate(constraints.rules):
         if rule.pin is None:
             continue
-        members = match_units(rule.pattern, state.units, f"constraints rules[{k}].pattern")
+        members = match_units(
+            rule.pattern, state.units, f"constraints rules[{k}].pattern", _SELECTED
+        )
         for name in members:
             if rule.pin not in table.losses[name]:
                 raise InputError(
@@ -207,7 +214,7 @@ def tie_groups(
     for g, group in enumerate(constraints.ties):
         members: list[str] = []
         for p, pattern in enumerate(group):
-            members += match_units(pattern, units, f"constraints ties[{g}][{p}]")
+            members += match_units(pattern, units, f"constraints ties[{g}][{p}]", _SELECTED)
         forest.union(members)
     unit_of = {u.name: u for u in table.units}
     for preset in active_presets(list(constraints.tie_presets), constraints.target):
@@ -301,11 +308,12 @@ def build_problem(
         dead = _dominated(cols, valid)
         if dead.any():
             notes.append(f"dominated options dropped: {int(dead.sum())}")
-            order = np.argsort(~(valid & ~dead), axis=1, kind="stable")
-            keep = np.take_along_axis(valid & ~dead, order, axis=1)
+            alive = valid & ~dead
+            order = np.argsort(~alive, axis=1, kind="stable")  # survivors first, in order
+            keep = np.take_along_axis(alive, order, axis=1)
             cols = np.take_along_axis(cols, order[:, :, None], axis=1)
             ids = np.take_along_axis(ids, order, axis=1)
-            columns = [[columns[r][j] for j in order[r] if keep[r, j]] for r in range(n)]
+            columns = [[columns[r][j] for j in order[r] if alive[r, j]] for r in range(n)]
             width = int(keep.sum(axis=1).max())
             cols, ids, valid = cols[:, :width], ids[:, :width], keep[:, :width]
     total_numel = sum(unit_of[u].numel for u in state.units)

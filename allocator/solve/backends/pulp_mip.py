@@ -7,6 +7,7 @@ when the solver proves optimality, and absent otherwise.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +22,10 @@ def _pulp_problem(model: MipModel):
     import pulp
 
     prob = pulp.LpProblem("allocation", pulp.LpMinimize)
-    variables = [pulp.LpVariable(f"v{k}", cat=pulp.LpBinary) for k in range(model.n_cols)]
+    if hasattr(prob, "add_variable"):  # PuLP >= 3.3 attaches variables to the model
+        variables = [prob.add_variable(f"v{k}", 0, 1, pulp.LpBinary) for k in range(model.n_cols)]
+    else:
+        variables = [pulp.LpVariable(f"v{k}", cat=pulp.LpBinary) for k in range(model.n_cols)]
     prob += pulp.LpAffineExpression(
         [(variables[k], float(c)) for k, c in enumerate(model.objective) if c != 0.0]
     )
@@ -78,7 +82,9 @@ class _PulpBackend:
             return pulp.HiGHS(**kwargs)
         # CBC 2.10's Cgl preprocessing returns wrong optima on some tiny knapsacks (seen on 4x3
         # instances against brute force); the LP is easy without it
-        return pulp.PULP_CBC_CMD(**kwargs, options=["preprocess off"])
+        with warnings.catch_warnings():  # PuLP 3.3 deprecates the bundled CBC for 4.0
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(**kwargs, options=["preprocess off"])
 
     def solve(
         self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
