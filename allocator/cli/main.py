@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "allocator.cli.serve_cmd",
     "allocator.cli.run_cmd",
     "allocator.cli.export_cmd",
+    "allocator.cli.apply_cmds",
 ]
 
 

@@ -1,0 +1,135 @@
+"""``allocator apply | eval``: compress a model by a plan into a packed checkpoint; measure it.
+
+``apply`` loads the model, checks the plan against it, compresses every unit (GPTQ/SparseGPT
+units with block-by-block calibration on ``--calib-text``, default Pride and Prejudice + Sense
+and Sensibility) and saves a packed checkpoint folder. ``eval`` prints perplexity on
+``--text`` (default Persuasion) and, with ``--reference``, the mean KL against that model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+MODEL_HELP = "model: 'smollm2', a Hugging Face folder, a .gguf file, or a packed checkpoint folder"
+
+
+def load_any(spec: str) -> Any:
+    """A LoadedModel from a packed checkpoint folder or any loader spec."""
+    from allocator.models.loader import load_model
+    from allocator.quant.checkpoint import is_checkpoint, load_checkpoint
+
+    return load_checkpoint(spec) if is_checkpoint(spec) else load_model(spec)
+
+
+def _text(paths: list[Path] | None, default: str) -> str:
+    from allocator.models import corpus
+
+    if paths:
+        return corpus.read_texts(list(paths))
+    return getattr(corpus, default)()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("apply")
+    def apply_cmd(
+        plan: Annotated[Path, typer.Option("--plan", help="plan file (.json, .yaml, .toml)")],
+        out: Annotated[Path, typer.Option("--out", help="checkpoint folder to write")],
+        model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "smollm2",
+        method: Annotated[
+            str | None,
+            typer.Option("--method", help="override every unit's method: rtn, gptq, sparsegpt"),
+        ] = None,
+        calib_text: Annotated[
+            list[Path] | None, typer.Option("--calib-text", help="calibration text file(s)")
+        ] = None,
+        calib_windows: Annotated[int, typer.Option("--calib-windows", min=1)] = 32,
+        seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 512,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ act-order")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
+    ) -> None:
+        """Compress a model by a plan and save it as a packed checkpoint."""
+        from allocator.models.windows import token_windows
+        from allocator.quant.apply import apply_plan, needs_calibration
+        from allocator.quant.checkpoint import save_checkpoint
+        from allocator.schema.io import load_plan
+
+        began = time.perf_counter()
+        loaded_plan = load_plan(plan)
+        loaded = load_any(model)
+        windows = None
+        if needs_calibration(loaded_plan, method):
+            text = _text(calib_text, "default_calibration_text")
+            windows = token_windows(
+                loaded.tokenizer, text, seq_len=seq_len, n_windows=calib_windows, seed=seed
+            )
+        apply_plan(
+            loaded.model,
+            loaded_plan,
+            windows,
+            method=method,
+            act_order=act_order,
+            progress=not quiet,
+        )
+        sizes = save_checkpoint(loaded.model, loaded_plan, out, tokenizer=loaded.tokenizer)
+        if not quiet:
+            typer.echo(
+                f"checkpoint  {out}\n"
+                f"packed      {sizes.packed_bytes / 1e6:.3f} MB (plan predicts "
+                f"{sizes.predicted_bytes / 1e6:.3f} MB, {sizes.relative_error:+.3%})\n"
+                f"other       {sizes.rest_bytes / 1e6:.3f} MB (embeddings, norms, biases)\n"
+                f"avg bits    {loaded_plan.avg_bits:.4f}\n"
+                f"time        {time.perf_counter() - began:.1f} s"
+            )
+
+    @app.command("eval")
+    def eval_cmd(
+        model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "smollm2",
+        text: Annotated[
+            list[Path] | None, typer.Option("--text", help="evaluation text file(s)")
+        ] = None,
+        windows: Annotated[int, typer.Option("--windows", min=1)] = 32,
+        seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 512,
+        reference: Annotated[
+            str | None, typer.Option("--reference", help="model to measure KL against")
+        ] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    ) -> None:
+        """Perplexity on held-out text (first N windows), and mean KL vs a reference model."""
+        from allocator.evaluate import evaluate
+        from allocator.models.windows import token_windows
+
+        loaded = load_any(model)
+        ref = load_any(reference).model if reference else None
+        tokenizer = loaded.tokenizer
+        if tokenizer is None:
+            tokenizer = load_any(reference).tokenizer if reference else None
+        body = _text(text, "default_evaluation_text")
+        ids = token_windows(tokenizer, body, seq_len=seq_len, n_windows=windows, contiguous=True)
+        result = evaluate(loaded.model, ids, ref, batch_size=batch_size, progress=not quiet)
+        record = {
+            "model": model,
+            "reference": reference,
+            "perplexity": result.perplexity,
+            "kl": result.kl,
+            "windows": result.n_windows,
+            "seq_len": seq_len,
+            "tokens": result.n_tokens,
+            "seconds": result.seconds,
+        }
+        if as_json:
+            typer.echo(json.dumps(record, indent=1))
+            return
+        kl = "-" if result.kl is None else f"{result.kl:.5f}"
+        typer.echo(
+            f"perplexity  {result.perplexity:.3f}\nkl          {kl}\n"
+            f"tokens      {result.n_tokens} ({result.n_windows} x {seq_len})\n"
+            f"time        {result.seconds:.1f} s"
+        )

@@ -1,0 +1,275 @@
+"""Apply a Plan to a model: prune, quantize and pack every unit, replacing nn.Linear in place.
+
+Units whose method needs calibration (GPTQ/SparseGPT need the input Hessian H, Wanda the input
+column mean squares) are compressed block by block, GPTQ style: the calibration windows are
+embedded once, then for each block the inputs of its linear layers are captured (H = X^T X / n,
+via ``allocator.profile.capture``), its units are compressed, and the block is re-run with its
+compressed weights so the next block sees what the compressed model will feed it. Without such
+units no calibration is needed and every unit is compressed independently.
+fp16 units stay nn.Linear with their weight rounded to fp16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from allocator.errors import InputError, PlanCheckError
+from allocator.models.units import find_units
+from allocator.quant.compress import HESSIAN_METHODS, check_option, compress
+from allocator.quant.quant_linear import QuantLinear
+from allocator.schema.option import Option
+from allocator.schema.plan import Plan
+
+SHOWN = 5
+
+
+def _listing(names: list[str]) -> str:
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def plan_options(model: nn.Module, plan: Plan, *, method: str | None = None) -> dict[str, Option]:
+    """Check the plan against the model and return unit name -> option (method overridden).
+
+    Raises PlanCheckError for units the model lacks, block linear layers the plan misses, a
+    numel that differs from the layer's weight, or a layer that is already compressed.
+    """
+    modules = dict(model.named_modules())
+    options: dict[str, Option] = {}
+    unknown, wrong_shape, done = [], [], []
+    for assignment in plan.assignments:
+        module = modules.get(assignment.unit)
+        if isinstance(module, QuantLinear):
+            done.append(assignment.unit)
+        elif not isinstance(module, nn.Linear):
+            unknown.append(assignment.unit)
+        elif module.weight.numel() != assignment.numel:
+            shape = tuple(module.weight.shape)
+            wrong_shape.append(f"{assignment.unit} (plan numel {assignment.numel}, model {shape})")
+        option = assignment.option
+        if method is not None and not option.is_fp16:
+            option = option.model_copy(update={"method": method})
+        check_option(option, where=f"plan unit {assignment.unit}")
+        options[assignment.unit] = option
+    if done:
+        raise PlanCheckError(
+            f"units already compressed: {_listing(done)}; apply a plan to an unmodified model"
+        )
+    if unknown:
+        raise PlanCheckError(
+            f"plan names {len(unknown)} units that are not linear layers of the model: "
+            f"{_listing(unknown)}; was the plan made for another model?"
+        )
+    if wrong_shape:
+        raise PlanCheckError(
+            f"plan units whose size differs from the model's: {_listing(wrong_shape)}; "
+            "the plan was made for another model"
+        )
+    missing = [u.name for u in find_units(model) if u.name not in options]
+    if missing:
+        raise PlanCheckError(
+            f"the plan has no option for {len(missing)} of the model's layers: {_listing(missing)}; "
+            "re-solve with a table that covers every unit"
+        )
+    return options
+
+
+def _needs(option: Option) -> tuple[bool, bool]:
+    """(needs H, can use act_sq) for an option."""
+    if option.is_fp16:
+        return False, False
+    return option.method in HESSIAN_METHODS, option.sparsity > 0 and option.method in (
+        "rtn",
+        "wanda",
+    )
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def compress_unit(
+    model: nn.Module,
+    name: str,
+    option: Option,
+    hessian: torch.Tensor | None = None,
+    act_sq: torch.Tensor | None = None,
+    *,
+    act_order: bool = False,
+) -> None:
+    """Compress one linear layer in place (QuantLinear, or an fp16-rounded nn.Linear)."""
+    linear = model.get_submodule(name)
+    assert isinstance(linear, nn.Linear)
+    compressed = compress(linear.weight, option, hessian, act_sq, act_order=act_order)
+    if option.is_fp16:
+        with torch.no_grad():
+            linear.weight.copy_(compressed.weight.to(linear.weight.dtype))
+        return
+    bias = None if linear.bias is None else linear.bias.detach().clone()
+    module = QuantLinear.from_compressed(compressed, bias).to(linear.weight.device)
+    _replace(model, name, module)
+
+
+def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, Any]) -> list[Any]:
+    """Pre-hooks accumulating ActStats per linear; layers fed the same tensor share one."""
+    from allocator.profile.capture import ActStats
+
+    shared: dict[int, Any] = {}
+
+    def make(name: str, module: nn.Linear) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            hit = shared.get(id(x))
+            if hit is not None and hit[1] is x:
+                stats[name] = hit[0]
+                return
+            acc = stats.setdefault(name, ActStats(module.in_features))
+            acc.add(x)
+            shared[id(x)] = (acc, x)
+
+        return hook
+
+    return [m.register_forward_pre_hook(make(n, m)) for n, m in linears.items()]
+
+
+@torch.no_grad()
+def _apply_blockwise(
+    model: nn.Module,
+    options: dict[str, Option],
+    calib_windows: torch.Tensor,
+    *,
+    act_order: bool,
+    batch_size: int,
+    progress: bool,
+) -> set[str]:
+    """Sequential block-by-block compression; returns the names it handled."""
+    from allocator.profile.capture import (
+        embed_inputs,
+        find_backbone,
+        layers_prefix,
+        linear_children,
+        run_block,
+    )
+
+    backbone = find_backbone(model)
+    prefix = layers_prefix(model)
+    inputs = embed_inputs(backbone, calib_windows, batch_size)
+    handled: set[str] = set()
+    bar = tqdm(total=len(backbone.layers), desc="apply", unit="block", disable=not progress)
+    for index, block in enumerate(backbone.layers):
+        linears = {
+            n: m for n, m in linear_children(block, f"{prefix}.{index}").items() if n in options
+        }
+        stats: dict[str, Any] = {}
+        if any(any(_needs(options[n])) for n in linears):
+            for hidden, kwargs in inputs:
+                hooks = _stat_hooks(linears, stats)
+                try:
+                    block(hidden, **kwargs)
+                finally:
+                    for handle in hooks:
+                        handle.remove()
+        for name in linears:
+            stat = stats.get(name)
+            hessian = None if stat is None else stat.hessian.float()
+            act_sq = None if stat is None else stat.act_sq.float()
+            compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
+            handled.add(name)
+        del stats
+        if index + 1 < len(backbone.layers):
+            inputs = run_block(block, inputs)
+        bar.update(1)
+    bar.close()
+    return handled
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: Plan,
+    calib_windows: torch.Tensor | None = None,
+    *,
+    method: str | None = None,
+    act_order: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> nn.Module:
+    """Compress ``model`` in place by ``plan`` and return it.
+
+    ``method`` (rtn, gptq, sparsegpt, wanda, magnitude) overrides every option's method.
+    ``calib_windows`` (n, L) token ids are required when a method needs the input Hessian.
+    """
+    options = plan_options(model, plan, method=method)
+    needs_h = [n for n, o in options.items() if _needs(o)[0]]
+    if needs_h and calib_windows is None:
+        raise InputError(
+            f"{len(needs_h)} units use GPTQ/SparseGPT (e.g. {needs_h[0]}), which needs "
+            "calibration windows; give calibration text or apply with method rtn"
+        )
+    handled: set[str] = set()
+    if calib_windows is not None and any(any(_needs(o)) for o in options.values()):
+        handled = _apply_blockwise(
+            model,
+            options,
+            calib_windows,
+            act_order=act_order,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    rest = [n for n in options if n not in handled]
+    for name in tqdm(rest, desc="apply", unit="unit", disable=not progress or not rest):
+        if _needs(options[name])[0]:
+            raise InputError(
+                f"unit {name} is outside the decoder blocks; GPTQ for it is not supported, "
+                "use an rtn option for it"
+            )
+        compress_unit(model, name, options[name])
+    return model
+
+
+def uniform_plan(model: nn.Module, option: Option | str, *, solver: str = "uniform") -> Plan:
+    """A Plan giving every block linear layer of ``model`` the same option (sizes by the size model)."""
+    from allocator.cost import DEFAULT_SIZE_MODEL
+    from allocator.schema.plan import Assignment
+
+    option = Option.parse(option)
+    units = find_units(model)
+    assignments = [
+        Assignment(
+            unit=u.name,
+            option=option,
+            numel=u.numel,
+            cost_bits=DEFAULT_SIZE_MODEL.cost_bits(option, u),
+            predicted_loss=0.0,
+        )
+        for u in units
+    ]
+    size_bits = sum(a.cost_bits for a in assignments)
+    total = sum(u.numel for u in units)
+    return Plan(
+        assignments=assignments,
+        predicted_loss=0.0,
+        size_bits=size_bits,
+        size_bytes=size_bits / 8,
+        total_numel=total,
+        avg_bits=size_bits / total,
+        budget_bits=size_bits,
+        solver=solver,
+        status="heuristic",
+    )
+
+
+def needs_calibration(plan: Plan, method: str | None = None) -> bool:
+    """True when some unit's method uses calibration data (H for GPTQ/SparseGPT, Wanda stats)."""
+    for assignment in plan.assignments:
+        option = assignment.option
+        if method is not None and not option.is_fp16:
+            option = option.model_copy(update={"method": method})
+        if any(_needs(option)):
+            return True
+    return False
