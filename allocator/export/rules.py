@@ -209,15 +209,18 @@ def option_fits(target: str, option: Option) -> bool:
 
 
 def constraints_for_target(
-    target: str, options: Iterable[Option | str] | None = None
+    target: str,
+    options: Iterable[Option | str] | None = None,
+    units: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Extra restrictions that make solved plans fit ``target``, as a Constraints-compatible dict.
 
-    Returns ``{"allowed": {...OptionFilter fields...}, "tie_presets": [...]}`` and, for targets
-    that need one setting per projection type, ``"uniform_per_kind": True``. With ``options``
+    Returns ``{"allowed": {...OptionFilter fields...}, "tie_presets": [...]}``. With ``options``
     (a table's option list) ``allowed`` is the exact list of fitting keys; without it, a field
     filter (bits, group sizes, sparsity) that may still admit options ``option_fits`` rejects
-    (symmetry, group sizes that depend on bits).
+    (symmetry, group sizes that depend on bits). Targets that take one setting per projection
+    type (HQQ) add ``"uniform_per_kind": True`` and, given the unit names, ``"ties"``: one
+    Constraints tie group (an anchored pattern) per projection type.
     """
     rules = get_rules(target)
     result: dict[str, Any] = {"tie_presets": list(rules.tie_presets)}
@@ -242,6 +245,9 @@ def constraints_for_target(
         result["allowed"] = allowed
     if rules.per_kind_uniform:
         result["uniform_per_kind"] = True
+        if units is not None:
+            kinds = sorted({kind_of(u) for u in units})
+            result["ties"] = [[rf"(^|\.){re.escape(k)}$"] for k in kinds]
     return result
 
 
