@@ -7,7 +7,7 @@ binds when adding it alone to the bare table raises that minimum (or makes it un
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,54 +54,88 @@ def _bare(constraints: Constraints) -> Constraints:
     )
 
 
-def _families(constraints: Constraints) -> dict[str, Callable[[Constraints], Constraints]]:
-    """Constraint families present, each as a function adding it to the bare constraints."""
-    bounds = [
-        r.model_copy(update={"pin": None})
-        for r in constraints.rules
-        if r.allow or r.min_bits or r.max_bits or r.max_sparsity is not None
-    ]
-    pins = [UnitRule(pattern=r.pattern, pin=r.pin) for r in constraints.rules if r.pin]
-    found: dict[str, Callable[[Constraints], Constraints]] = {}
+def _rules_without(constraints: Constraints, part: str) -> list[UnitRule]:
+    """Rules with their pins (``part='pins'``) or their filters/bounds (``'bounds'``) removed."""
+    kept = []
+    for rule in constraints.rules:
+        if part == "pins":
+            rule = rule.model_copy(update={"pin": None})
+        else:
+            rule = UnitRule(pattern=rule.pattern, pin=rule.pin)
+        if (
+            rule.pin
+            or rule.allow
+            or rule.min_bits
+            or rule.max_bits
+            or rule.max_sparsity is not None
+        ):
+            kept.append(rule)
+    return kept
+
+
+Family = tuple[dict[str, Any], dict[str, Any]]  # (fields alone, fields without it)
+
+
+def _families(constraints: Constraints) -> dict[str, Family]:
+    """Constraint families present: the update giving the family alone on the bare table, and
+    the update removing it from the full constraints."""
+    found: dict[str, Family] = {}
     if constraints.allowed is not None:
-        found["allowed options"] = lambda c: c.model_copy(update={"allowed": constraints.allowed})
+        found["allowed options"] = ({"allowed": constraints.allowed}, {"allowed": None})
+    bounds = _rules_without(constraints, "pins")
+    pins = _rules_without(constraints, "bounds")
     if bounds:
-        found["per-unit rules (allow/min_bits/max_bits/max_sparsity)"] = lambda c: c.model_copy(
-            update={"rules": bounds}
+        found["per-unit rules (allow/min_bits/max_bits/max_sparsity)"] = (
+            {"rules": bounds},
+            {"rules": pins},
         )
     if pins:
-        found["pins"] = lambda c: c.model_copy(update={"rules": pins})
+        found["pins"] = ({"rules": pins}, {"rules": bounds})
     if constraints.ties or constraints.tie_presets or constraints.target:
-        found["ties"] = lambda c: c.model_copy(
-            update={
-                "ties": constraints.ties,
-                "tie_presets": constraints.tie_presets,
-                "target": constraints.target,
-            }
-        )
+        ties = {
+            "ties": constraints.ties,
+            "tie_presets": constraints.tie_presets,
+            "target": constraints.target,
+        }
+        found["ties"] = (ties, {"ties": [], "tie_presets": [], "target": None})
     for limit in constraints.resources:
-        found[f"resource {limit.name!r} <= {limit.max:g}"] = lambda c, lim=limit: c.model_copy(
-            update={"resources": [lim]}
+        others = [r for r in constraints.resources if r.name != limit.name]
+        found[f"resource {limit.name!r} <= {limit.max:g}"] = (
+            {"resources": [limit]},
+            {"resources": others},
         )
     if constraints.max_distinct_options is not None:
-        found[f"max_distinct_options = {constraints.max_distinct_options}"] = lambda c: (
-            c.model_copy(update={"max_distinct_options": constraints.max_distinct_options})
+        found[f"max_distinct_options = {constraints.max_distinct_options}"] = (
+            {"max_distinct_options": constraints.max_distinct_options},
+            {"max_distinct_options": None},
         )
     return found
 
 
+def _min_size(table: SensitivityTable, constraints: Constraints) -> float | None:
+    return min_size_bits(reduce(table, constraints, drop_dominated=False).problem)
+
+
+def _raises(size: float | None, reference: float | None) -> bool:
+    if reference is None:
+        return False
+    return size is None or size > reference * (1 + 1e-9) + 1e-6
+
+
 def binding_constraints(table: SensitivityTable, constraints: Constraints) -> list[str]:
-    """Constraint families that, alone, raise the smallest achievable size of the bare table."""
+    """Constraint families that raise the smallest achievable size: alone on the bare table, or
+    as the one whose removal from the full constraints would lower it."""
     bare = _bare(constraints)
-    base = min_size_bits(reduce(table, bare).problem)
-    assert base is not None
+    base = _min_size(table, bare)
+    full = _min_size(table, constraints)
     binding = []
-    for label, add in _families(constraints).items():
+    for label, (alone, without) in _families(constraints).items():
         try:
-            size = min_size_bits(reduce(table, add(bare)).problem)
+            raises_alone = _raises(_min_size(table, bare.model_copy(update=alone)), base)
+            raises_all = _raises(full, _min_size(table, constraints.model_copy(update=without)))
         except AllocatorError:
             continue
-        if size is None or size > base * (1 + 1e-9) + 1e-6:
+        if raises_alone or raises_all:
             binding.append(label)
     return binding
 
