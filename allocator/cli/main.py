@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "allocator.cli.solve_cmds",
     "allocator.cli.serve_cmd",
     "allocator.cli.run_cmd",
+    "allocator.cli.profile_cmd",
     "allocator.cli.export_cmd",
     "allocator.cli.apply_cmds",
 ]

@@ -1,0 +1,1 @@
+"""Sensitivity profiling: calibration capture, estimators in a registry, and the profile() API."""

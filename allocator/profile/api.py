@@ -1,0 +1,167 @@
+"""``profile()``: a model, calibration data, an estimator and an option grid -> SensitivityTable.
+
+The table's provenance records the model hash, a hash of the calibration token windows, the
+settings and their hash, and the versions that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from allocator.errors import InputError, UnsupportedError
+from allocator.models.corpus import default_calibration_text, read_texts
+from allocator.models.loader import LoadedModel, load_model
+from allocator.models.units import find_units
+from allocator.models.windows import token_windows
+from allocator.profile.context import ProfileContext
+from allocator.profile.estimators import ESTIMATORS, load_all
+from allocator.profile.options import check_options, parse_options
+from allocator.schema.option import Option
+from allocator.schema.table import Provenance, SensitivityTable
+from allocator.schema.unit import Unit
+
+Data = str | list[str] | list[os.PathLike[str]] | torch.Tensor | None
+
+
+def _resolve_model(model: Any, device: str) -> LoadedModel:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedError(
+            f"--device {device}: no CUDA GPU is available here; use --device cpu"
+        )
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items())[:8]:
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+        model.eval().to(device)
+        return LoadedModel(
+            model=model, tokenizer=None, source=type(model).__name__, model_hash=digest.hexdigest()
+        )
+    return load_model(model, device=device)
+
+
+def _windows(loaded: LoadedModel, data: Data, n: int, seq_len: int, seed: int) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
+            raise InputError("data: token windows must be an integer tensor (n_windows, seq_len)")
+        return data[:n].long()
+    if loaded.tokenizer is None:
+        raise InputError("data: a bare nn.Module has no tokenizer; pass token windows as a tensor")
+    if data is None:
+        text = default_calibration_text()
+    elif isinstance(data, str):
+        text = data
+    else:
+        text = read_texts(list(data))
+    return token_windows(loaded.tokenizer, text, seq_len=seq_len, n_windows=n, seed=seed)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from allocator import __version__ as ours
+
+    return {"allocator": ours, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def profile(
+    model: Any = "smollm2",
+    data: Data = None,
+    estimator: str = "hessian",
+    options: str | list[str] | list[Option] = "bits=2,3,4,5,6,8 group=128",
+    *,
+    windows: int | None = None,
+    seq_len: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    units: list[Unit] | None = None,
+    batch_size: int = 4,
+    journal: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> SensitivityTable:
+    """Profile a model (name, path, LoadedModel or nn.Module) and return its SensitivityTable.
+
+    ``data``: text, a list of text files, token windows (n, L), or None for the Jane Austen
+    calibration novels. ``windows``/``seq_len`` default to the estimator's budget. Journaled
+    estimators (kl, hessian_kl, block_error) persist each unit to ``journal`` and skip the units
+    already there when ``resume`` is true.
+    """
+    load_all()
+    spec = ESTIMATORS.get(estimator)
+    option_list = parse_options(options)
+    loaded = _resolve_model(model, device)
+    unit_list = units if units is not None else find_units(loaded.model)
+    if not unit_list:
+        raise InputError(f"model {loaded.source}: no linear layers inside blocks to profile")
+    check_options(option_list, unit_list)
+    n = windows or spec.windows
+    length = seq_len or spec.seq_len
+    torch.manual_seed(seed)
+    input_ids = _windows(loaded, data, n, length, seed)
+    extra = dict(settings or {})
+    record = {
+        "estimator": estimator,
+        "options": [o.key for o in option_list],
+        "windows": int(input_ids.shape[0]),
+        "seq_len": int(input_ids.shape[1]),
+        "seed": seed,
+        "compressor": "allocator.quant.compress (rtn: vectorized equivalent)",
+        **{k: v for k, v in extra.items() if k != "imatrix"},
+    }
+    if "imatrix" in extra:
+        record["imatrix"] = True
+    digest = settings_hash({**record, "model_hash": loaded.model_hash})
+    extra.update(journal=journal, resume=resume, settings_hash=digest)
+    ctx = ProfileContext(
+        model=loaded.model,
+        input_ids=input_ids,
+        units=unit_list,
+        options=option_list,
+        settings=extra,
+        progress=progress,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    with torch.inference_mode(False):
+        result = spec.run(ctx)
+    scores = None
+    if spec.kind == "score":
+        from allocator.profile.combine import scores_to_losses
+
+        scores = result
+        result = scores_to_losses(ctx, scores)
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    provenance = Provenance(
+        estimator=estimator,
+        model=loaded.source,
+        model_hash=loaded.model_hash,
+        data_hash=hashlib.sha256(input_ids.numpy().tobytes()).hexdigest()[:16],
+        settings=record,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        versions=_versions(),
+        settings_hash=digest,
+    )
+    if scores is not None:
+        provenance.scores = scores  # type: ignore[attr-defined]
+    losses = {u.name: {k: max(float(v), 0.0) for k, v in result[u.name].items()} for u in unit_list}
+    return SensitivityTable(
+        units=unit_list, options=option_list, losses=losses, provenance=provenance
+    )

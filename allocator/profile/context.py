@@ -1,0 +1,92 @@
+"""What every estimator receives: the model, calibration windows, units, options and settings.
+
+Expensive shared work (the block-by-block capture, the clean hidden states entering each block)
+is computed lazily once and reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from allocator.profile.capture import (
+    ActStats,
+    BlockInputs,
+    Capture,
+    capture_stats,
+    embed_inputs,
+    find_backbone,
+    run_block,
+)
+from allocator.profile.compress import compressed_weight
+from allocator.schema.option import Option
+from allocator.schema.unit import Unit
+
+
+@dataclass
+class ProfileContext:
+    """Inputs of one profiling run. ``input_ids`` is (n_windows, seq_len) on the CPU."""
+
+    model: nn.Module
+    input_ids: torch.Tensor
+    units: list[Unit]
+    options: list[Option]
+    settings: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    batch_size: int = 4
+    seed: int = 0
+    _capture: Capture | None = None
+    _states: list[BlockInputs] | None = None
+
+    def capture(self) -> Capture:
+        """Per-linear input statistics over ``input_ids`` (computed on first use)."""
+        if self._capture is None:
+            names = {u.name for u in self.units}
+            self._capture = capture_stats(
+                self.model,
+                self.input_ids,
+                unit_names=names,
+                batch_size=self.batch_size,
+                progress=self.progress,
+            )
+        return self._capture
+
+    def stats(self, unit: Unit) -> ActStats:
+        return self.capture().stats[unit.name]
+
+    def module(self, unit: Unit) -> nn.Linear:
+        return self.model.get_submodule(unit.name)
+
+    def needs_stats(self) -> bool:
+        """Whether some option needs activation statistics (Wanda masks, GPTQ)."""
+        return any(o.sparsity > 0 or o.method != "rtn" for o in self.options)
+
+    def compress(
+        self, unit: Unit, option: Option, *, with_stats: bool | None = None
+    ) -> torch.Tensor:
+        """The compressed weight of a unit under an option (Wanda/GPTQ use the capture)."""
+        weight = self.module(unit).weight
+        use = self.needs_stats() if with_stats is None else with_stats
+        if use and (option.sparsity > 0 or option.method != "rtn"):
+            stats = self.stats(unit)
+            return compressed_weight(
+                weight, option, hessian=stats.hessian.float(), act_sq=stats.act_sq.float()
+            )
+        return compressed_weight(weight, option)
+
+    @torch.no_grad()
+    def clean_states(self, input_ids: torch.Tensor | None = None) -> list[BlockInputs]:
+        """Hidden states entering every block (index l) and leaving the last (index n_blocks)."""
+        if self._states is not None and input_ids is None:
+            return self._states
+        backbone = find_backbone(self.model)
+        ids = self.input_ids if input_ids is None else input_ids
+        states = [embed_inputs(backbone, ids, self.batch_size)]
+        for block in backbone.layers:
+            states.append(run_block(block, states[-1]))
+        if input_ids is None:
+            self._states = states
+        return states

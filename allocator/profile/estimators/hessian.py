@@ -1,0 +1,77 @@
+"""Layer-wise Hessian proxies: ``hessian`` (full H) and ``hessian_diag`` (diag(H) or an imatrix).
+
+With ``H = X^T X / n_tokens`` from the calibration capture and ``dW = W_q - W`` the real error
+of the option, ``hessian`` is ``tr(dW H dW^T)`` = the mean squared output error per token summed
+over output channels. ``hessian_diag`` keeps only ``diag(H)``: ``sum_ij dW_ij^2 d_j``, where ``d``
+is the capture's per-column mean square or, when ``settings["imatrix"]`` maps unit names to
+per-column values (a GGUF imatrix), those values (then no calibration pass is run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from allocator.errors import InputError
+from allocator.profile.estimators import Estimator, register
+
+
+@torch.no_grad()
+def hessian_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    """tr(dW H dW^T) for every unit and option."""
+    losses: dict[str, dict[str, float]] = {}
+    ctx.capture()
+    for unit in tqdm(ctx.units, desc="hessian", unit="unit", disable=not ctx.progress):
+        stats = ctx.stats(unit)
+        hessian = stats.hessian.float()
+        weight = ctx.module(unit).weight.detach().float()
+        row = {}
+        for option in ctx.options:
+            dw = ctx.compress(unit, option).float() - weight
+            row[option.key] = max(float(((dw @ hessian) * dw).sum()), 0.0)
+        losses[unit.name] = row
+    return losses
+
+
+def _imatrix_column(imatrix: dict[str, Any], name: str, in_features: int) -> torch.Tensor:
+    if name not in imatrix:
+        raise InputError(f"imatrix: no entry for unit {name!r}; give one per unit")
+    values = torch.as_tensor(imatrix[name], dtype=torch.float32).reshape(-1)
+    if values.numel() != in_features:
+        raise InputError(
+            f"imatrix[{name!r}] has {values.numel()} values but the layer has {in_features} "
+            "input columns; give one value per input column"
+        )
+    return values
+
+
+@torch.no_grad()
+def hessian_diag_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    """sum_ij dW_ij^2 d_j with d = diag(H) or imatrix values."""
+    imatrix = ctx.settings.get("imatrix")
+    losses: dict[str, dict[str, float]] = {}
+    for unit in tqdm(ctx.units, desc="hessian_diag", unit="unit", disable=not ctx.progress):
+        weight = ctx.module(unit).weight.detach().float()
+        if imatrix is not None:
+            column = _imatrix_column(imatrix, unit.name, weight.shape[1])
+        else:
+            column = ctx.stats(unit).act_sq.float()
+        row = {}
+        for option in ctx.options:
+            dw = (
+                ctx.compress(
+                    unit, option, with_stats=False if imatrix is not None else None
+                ).float()
+                - weight
+            )
+            row[option.key] = max(float((dw.square() * column[None]).sum()), 0.0)
+        losses[unit.name] = row
+    return losses
+
+
+register(Estimator("hessian", hessian_losses, windows=64, seq_len=512, doc="tr(dW H dW^T)"))
+register(
+    Estimator("hessian_diag", hessian_diag_losses, windows=64, seq_len=512, doc="sum dW^2 diag(H)")
+)
