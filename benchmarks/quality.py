@@ -30,7 +30,7 @@ from allocator.models.loader import load_model
 from allocator.models.units import find_units
 from allocator.models.windows import token_windows
 from allocator.schema import Constraints, Option, Plan, SensitivityTable, Unit
-from allocator.schema.io import atomic_write_text, load_table
+from allocator.schema.io import atomic_write_text, load_table, save_table
 from allocator.solve import rules
 
 ROOT = Path(__file__).resolve().parent
@@ -87,11 +87,21 @@ def evaluate(model: torch.nn.Module, bench: Bench) -> tuple[float, float]:
         ids = bench.eval_ids[i : i + 1]
         logp = torch.log_softmax(model(ids).logits[0].float(), -1)
         nll -= float(logp[:-1].gather(1, ids[0, 1:, None]).sum())
-        ref_logp = torch.from_numpy(np.asarray(ref[i])).float()
+        ref_logp = torch.from_numpy(np.asarray(ref[i])).float().log_softmax(-1)
         kl += float((ref_logp.exp() * (ref_logp - logp)).sum())
         count += ids.shape[1]
     n_pred = bench.eval_ids.shape[0] * (bench.eval_ids.shape[1] - 1)
     return float(np.exp(nll / n_pred)), kl / count
+
+
+def cached_perplexity(bench: Bench) -> float:
+    """The unmodified model's perplexity from its cached log-probs (saves a forward pass)."""
+    ref = np.load(bench.ref_path, mmap_mode="r")
+    nll = 0.0
+    for i in range(bench.eval_ids.shape[0]):
+        logp = torch.from_numpy(np.asarray(ref[i])).float().log_softmax(-1)
+        nll -= float(logp[:-1].gather(1, bench.eval_ids[i, 1:, None]).sum())
+    return float(np.exp(nll / (bench.eval_ids.shape[0] * (bench.eval_ids.shape[1] - 1))))
 
 
 def lim_scores(bench: Bench) -> dict[int, float]:
@@ -117,6 +127,66 @@ def solve_table(tab: SensitivityTable, budget: float, solver: str = "auto") -> P
     from allocator.solve.api import solve
 
     return solve(tab, Constraints.simple(budget), solver=solver)
+
+
+OURS_GRID = "bits=2,3,4,5,6 group=64,128,256,c"
+
+
+def fisher_diag(model: torch.nn.Module, ids: torch.Tensor, names: list[str], quiet: bool) -> dict:
+    """Empirical Fisher diagonal per weight: mean over windows of (d mean-NLL / dW)^2."""
+    model.requires_grad_(False)
+    params = {n: model.get_submodule(n).weight for n in names}
+    for p in params.values():
+        p.requires_grad_(True)
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in tqdm(range(ids.shape[0]), desc="fisher", disable=quiet):
+        model.zero_grad(set_to_none=True)
+        out = model(ids[i : i + 1], labels=ids[i : i + 1])
+        out.loss.backward()
+        for n, p in params.items():
+            fisher[n] += p.grad.detach().square() / ids.shape[0]
+    model.zero_grad(set_to_none=True)
+    model.requires_grad_(False)
+    return fisher
+
+
+@torch.no_grad()
+def fisher_table(bench: Bench, windows: int = 8, seq_len: int = 512) -> SensitivityTable:
+    """``loss[u, o] = 1/2 sum_ij F_ij dW_ij^2`` (second-order end-to-end loss increase) with dW
+    the option's RTN error and F the empirical Fisher diagonal on calibration windows."""
+    from allocator.profile.options import parse_options
+    from allocator.quant.compress import compress_weight
+
+    model = fresh_model()
+    loaded_tok = load_model("smollm2").tokenizer
+    ids = token_windows(loaded_tok, default_calibration_text(), seq_len=seq_len,
+                        n_windows=windows, seed=1)  # fmt: skip
+    names = [u.name for u in bench.units]
+    with torch.enable_grad():
+        fisher = fisher_diag(model, ids, names, bench.quiet)
+    options = parse_options(OURS_GRID)
+    losses = {}
+    for unit in tqdm(bench.units, desc="fisher table", disable=bench.quiet):
+        weight = model.get_submodule(unit.name).weight.detach().float()
+        losses[unit.name] = {
+            o.key: 0.5
+            * float((fisher[unit.name] * (compress_weight(weight, o) - weight).square()).sum())
+            for o in options
+        }
+    return SensitivityTable(units=bench.units, options=options, losses=losses,
+                            provenance={"estimator": "fisher(benchmark)",
+                                        "settings": {"windows": windows, "seq_len": seq_len,
+                                                     "seed": 1, "options": OURS_GRID}})  # fmt: skip
+
+
+def ours_table(bench: Bench) -> SensitivityTable:
+    """The table for ours (empirical Fisher x RTN error, cached in benchmarks/results/tables)."""
+    path = TABLES / "smollm2_fisher_bench.json"
+    if path.is_file():
+        return load_table(path)
+    tab = fisher_table(bench)
+    save_table(tab, path)
+    return tab
 
 
 def exl2_objective(tab: SensitivityTable) -> SensitivityTable:
@@ -151,11 +221,27 @@ def with_method(plan: Plan, method: str) -> Plan:
     return plan.model_copy(update={"assignments": assignments})
 
 
+def refined_plan(bench: Bench, budget: float) -> Plan:
+    """Ours after closed-loop refinement (KL of the plan per layer group on 4 calib windows)."""
+    from allocator.pipeline import Job, RunSettings, SubsetMeasurer
+    from allocator.refine import refine
+    from allocator.solve.api import solve
+
+    if "measurer" not in bench.cache:
+        job = Job(RunSettings(method="gptq"), not bench.quiet, lambda _m: None)
+        bench.cache["measurer"] = SubsetMeasurer(job, 4)
+    tab = ours_table(bench)
+    result = refine(tab, Constraints.simple(budget), bench.cache["measurer"],
+                    lambda t, c: solve(t, c), rounds=3)  # fmt: skip
+    atomic_write_text(RESULTS / f"refine@{budget}.json", json.dumps(result.summary(), indent=1))
+    return result.plan
+
+
 # name -> (description, plan builder, quantizer)
 METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
     "ours": (
-        "ours: KL table, exact solve, GPTQ",
-        lambda b, x: solve_table(table("smollm2_kl_g128.json"), x),
+        "ours: Fisher table, exact solve, GPTQ",
+        lambda b, x: solve_table(ours_table(b), x),
         "gptq",
     ),
     "uniform": ("uniform RTN", lambda b, x: rule_plan(b, x, "uniform"), "rtn"),
@@ -177,6 +263,7 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
         lambda b, x: solve_table(exl2_objective(table("smollm2_block_error_g128.json")), x),
         "rtn",
     ),
+    "ours_refined": ("ours + closed-loop refinement, GPTQ", refined_plan, "gptq"),
     "ours_sparse": (
         "ours + sparsity options (KL table), GPTQ/SparseGPT",
         lambda b, x: solve_table(table("smollm2_kl_sparse_g128.json"), x),
@@ -276,9 +363,7 @@ def setup(quiet: bool, calib_windows: int) -> tuple[Bench, dict[str, Any]]:
     base_file = RESULTS / "unmodified.json"
     if base_file.is_file():
         return bench, json.loads(base_file.read_text())
-    t0 = time.perf_counter()
-    ppl, kl = evaluate(loaded.model, bench)
-    base = {"perplexity": ppl, "kl": kl, "eval_s": time.perf_counter() - t0}
+    base = {"perplexity": cached_perplexity(bench), "kl": 0.0}
     atomic_write_text(base_file, json.dumps(base, indent=1) + "\n")
     return bench, base
 

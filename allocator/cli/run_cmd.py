@@ -65,6 +65,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             device=device,
         )
+        if quiet:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
         log = (lambda _msg: None) if quiet else typer.echo
         results = run(settings, out, progress=not quiet, log=log)
         if quiet:

@@ -1,0 +1,206 @@
+"""``allocator run`` end to end on a tiny random Llama (fast), plus one smoke test on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from allocator.cli.main import main
+from allocator.pipeline import RunSettings, run
+
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "was",
+    "her",
+    "she",
+    "he",
+    "it",
+    "had",
+    "that",
+    "with",
+    "for",
+    "as",
+    "not",
+    "be",
+    "his",
+    "my",
+    "you",
+    "on",
+    "at",
+    "but",
+    "by",
+    "this",
+    "which",
+    "all",
+    "so",
+    "have",
+    "from",
+    "were",
+    "they",
+    "no",
+    "would",
+    "been",
+    "could",
+    "very",
+    "mister",
+    "elinor",
+    "marianne",
+    "lady",
+    "house",
+    "sister",
+    "mother",
+    "time",
+    "every",
+    "little",
+    "think",
+    "know",
+    "said",
+    "much",
+    "own",
+    "more",
+]
+
+
+def _text(seed: int, n_words: int = 6000) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while sum(len(s.split()) for s in sentences) < n_words:
+        sentences.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + ".")
+    return " ".join(sentences)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random 2-block Llama with a byte-level BPE tokenizer, saved as a HF folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    calib, held_out = root / "calib.txt", root / "eval.txt"
+    calib.write_text(_text(1))
+    held_out.write_text(_text(2))
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([calib.read_text()], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    folder = root / "model"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {"model": folder, "calib": calib, "eval": held_out}
+
+
+def _settings(tiny: dict[str, Path], **overrides: object) -> RunSettings:
+    fields: dict[str, object] = {
+        "model": str(tiny["model"]),
+        "budget": 3.5,
+        "estimator": "hessian",
+        "options": "bits=2,3,4,5 group=32",
+        "profile_windows": 4,
+        "profile_seq_len": 32,
+        "quant_windows": 4,
+        "eval_windows": 4,
+        "seq_len": 32,
+        "calib_text": [str(tiny["calib"])],
+        "eval_text": [str(tiny["eval"])],
+    }
+    fields.update(overrides)
+    return RunSettings(**fields)
+
+
+def test_run_writes_every_output_and_fits_the_budget(tiny_model, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    results = run(_settings(tiny_model), out, progress=False, log=lambda _m: None)
+    for name in ("table.json", "plan.json", "results.json", "results.md", "state.json"):
+        assert (out / name).is_file(), name
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["avg_bits"] <= 3.5 + 1e-9
+    methods = [r["method"] for r in results["rows"]]
+    assert methods[0] == "unmodified" and methods[1].startswith("plan")
+    assert methods[2].startswith("uniform")
+    assert results["rows"][2]["avg_bits"] <= 3.5 + 1e-9
+    for row in results["rows"]:
+        assert row["perplexity"] > 1.0
+    assert results["rows"][1]["kl"] >= 0
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_rerun_resumes_and_a_new_budget_reuses_the_table(tiny_model, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = _settings(tiny_model, compare_uniform=False)
+    first = run(settings, out, progress=False, log=lambda _m: None)
+    logs: list[str] = []
+    again = run(settings, out, progress=False, log=logs.append)
+    assert again == first
+    assert any("profile" in m and "skipped" in m for m in logs)
+    assert any("evaluate" in m and "skipped" in m for m in logs)
+    logs.clear()
+    lower = run(settings.model_copy(update={"budget": 3.0}), out, progress=False, log=logs.append)
+    assert any("profile" in m and "skipped" in m for m in logs)
+    assert not any("solve" in m and "skipped" in m for m in logs)
+    assert json.loads((out / "plan.json").read_text())["avg_bits"] <= 3.0 + 1e-9
+    assert lower["budget"] == 3.0
+
+
+def test_cli_run_quiet_and_bad_out(tiny_model, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    args = ["run", "--model", str(tiny_model["model"]), "--budget", "4", "--out", str(out),
+            "--estimator", "hessian", "--options", "bits=2,3,4,5 group=32",
+            "--profile-windows", "2", "--profile-seq-len", "32", "--quant-windows", "2",
+            "--eval-windows", "2", "--seq-len", "32", "--no-compare-uniform",
+            "--calib-text", str(tiny_model["calib"]), "--eval-text", str(tiny_model["eval"]),
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "perplexity" in printed.out and "%|" not in printed.err
+    assert (out / "results.json").is_file()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad = [*args[:5], "--out", str(blocker), *args[7:]]
+    assert main(bad) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_run_on_smollm2_smoke(tmp_path: Path) -> None:
+    """The real default model with tiny token budgets: a plan that fits and a sane perplexity."""
+    out = tmp_path / "smollm2"
+    settings = RunSettings(
+        estimator="hessian",
+        profile_windows=2,
+        profile_seq_len=128,
+        quant_windows=2,
+        eval_windows=2,
+        seq_len=128,
+        compare_uniform=False,
+        method="rtn",
+        budget=4.5,
+    )
+    results = run(settings, out, progress=False, log=lambda _m: None)
+    base, planned = results["rows"][0], results["rows"][1]
+    assert planned["avg_bits"] <= 4.5 + 1e-9
+    assert 5 < base["perplexity"] < 200
+    assert planned["perplexity"] < 3 * base["perplexity"]
