@@ -204,3 +204,17 @@ def test_run_on_smollm2_smoke(tmp_path: Path) -> None:
     assert planned["avg_bits"] <= 4.5 + 1e-9
     assert 5 < base["perplexity"] < 200
     assert planned["perplexity"] < 3 * base["perplexity"]
+
+
+def test_run_with_refinement_records_rounds(tiny_model, tmp_path: Path) -> None:
+    out = tmp_path / "refined"
+    settings = _settings(tiny_model, compare_uniform=False, refine_rounds=2, refine_windows=2,
+                         budget=3.0)  # fmt: skip
+    run(settings, out, progress=False, log=lambda _m: None)
+    summary = json.loads((out / "refine.json").read_text())
+    assert 1 <= len(summary["rounds"]) <= 2
+    first = summary["rounds"][0]
+    assert first["measured"] >= 0 and len(first["group_measured"]) == len(first["scales"])
+    assert summary["best_measured"] <= first["measured"]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["avg_bits"] <= 3.0 + 1e-9 and "refined" in plan["notes"]
