@@ -226,7 +226,13 @@ def dump_model(obj: BaseModel, path: str | os.PathLike[str]) -> None:
     elif suffix == ".toml":
         import tomli_w
 
-        text = tomli_w.dumps(data)
+        try:
+            text = tomli_w.dumps(data)
+        except TypeError as exc:  # TOML has no null: e.g. group_size [128, null] (per-channel)
+            raise InputError(
+                f"{p}: cannot write this {type(obj).__name__} as TOML ({exc}); TOML has no null "
+                "(e.g. a per-channel group_size inside a list): write .yaml or .json instead"
+            ) from None
     else:
         text = json.dumps(data, indent=1) + "\n"
     atomic_write_text(p, text)
