@@ -146,14 +146,35 @@ def _qmm_kernel(
                     acc += tl.dot(x, w.to(x.dtype))
             else:
                 acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], 1)
-    out_mask = m_mask[:, None] & n_mask[None, :]
+    _store_output(acc, out_ptr, part_ptr, lock_ptr, offs_m, offs_n, M, N, stride_om,
+                  BLOCK_M, BLOCK_N, SPLIT)  # fmt: skip
+
+
+@triton.jit
+def _store_output(
+    acc,
+    out_ptr,
+    part_ptr,
+    lock_ptr,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    stride_om,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """Write a (BLOCK_M, BLOCK_N) fp32 tile; under split-K the last program to arrive sums."""
+    out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     out_offs = offs_m[:, None] * stride_om + offs_n[None, :]
     if SPLIT:
+        pid_k = tl.program_id(1)
         n_splits = tl.num_programs(1)
         part_offs = (pid_k * M + offs_m)[:, None] * N + offs_n[None, :]
         tl.store(part_ptr + part_offs, acc, mask=out_mask)
         tl.debug_barrier()
-        lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
+        lock = lock_ptr + tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
         arrived = tl.atomic_add(lock, 1, sem="acq_rel")
         if arrived == n_splits - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

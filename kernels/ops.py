@@ -12,6 +12,11 @@ The op the executor calls (``torch.ops.allocator.quant_matmul``)::
   ``k // group_size``.
 - returns ``x @ W`` of shape (..., N) in ``x.dtype`` (fp32 accumulation). Bias is the caller's.
 
+The 2:4 sparse op (layout of ``allocator.quant.packing_sparse``, ``SparsePackedWeight``)::
+
+    quant_matmul_24(x: Tensor, planes: list[Tensor], indices: Tensor, scales: Tensor,
+                    zeros: Tensor, bits: int, group_size: int, in_features: int) -> Tensor
+
 On CUDA it runs the Triton kernels: split-K GEMV for M <= 8, a ``tl.dot`` GEMM for M <= 64,
 and a Triton dequantization plus ``torch.matmul`` above; elsewhere the PyTorch reference.
 The fake implementation only computes the output shape, so ``torch.compile`` and CUDA graphs
@@ -25,10 +30,36 @@ import torch
 from allocator.errors import InputError
 from allocator.quant.packing import WORD_BITS, padded_k, plane_widths
 
-from .reference import reference_quant_matmul
+from .reference import reference_quant_matmul, reference_quant_matmul_24
 
 GEMV_MAX_M = 8
 GEMM_MAX_M = 64
+
+
+def _check_planes(planes: list[torch.Tensor], bits: int, rows_k: int, n: int) -> None:
+    widths = plane_widths(bits)
+    if len(planes) != len(widths):
+        raise InputError(f"bits={bits} needs {len(widths)} planes, got {len(planes)}")
+    for plane, width in zip(planes, widths, strict=True):
+        rows = padded_k(rows_k) // (WORD_BITS // width)
+        if plane.dtype != torch.int32 or tuple(plane.shape) != (rows, n):
+            raise InputError(
+                f"a {width}-bit plane must be int32 of shape ({rows}, {n}), "
+                f"got {plane.dtype} {tuple(plane.shape)}: repack with allocator.quant.packing"
+            )
+
+
+def _check_groups(
+    x: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, in_features: int
+) -> None:
+    if x.shape[-1] != in_features:
+        raise InputError(f"x has {x.shape[-1]} features, weight expects in_features={in_features}")
+    n_groups, n = -(-in_features // group_size), scales.shape[1]
+    if tuple(scales.shape) != (n_groups, n) or tuple(zeros.shape) != (n_groups, n):
+        raise InputError(
+            f"scales/zeros must be ({n_groups}, {n}) for in_features={in_features}, "
+            f"group_size={group_size}; got {tuple(scales.shape)} and {tuple(zeros.shape)}"
+        )
 
 
 def check_packed(
@@ -41,25 +72,8 @@ def check_packed(
     in_features: int,
 ) -> None:
     """Raise InputError unless the arguments describe one consistent packed weight."""
-    widths = plane_widths(bits)
-    if len(planes) != len(widths):
-        raise InputError(f"bits={bits} needs {len(widths)} planes, got {len(planes)}")
-    if x.shape[-1] != in_features:
-        raise InputError(f"x has {x.shape[-1]} features, weight expects in_features={in_features}")
-    n = scales.shape[1]
-    for plane, width in zip(planes, widths, strict=True):
-        rows = padded_k(in_features) // (WORD_BITS // width)
-        if plane.dtype != torch.int32 or tuple(plane.shape) != (rows, n):
-            raise InputError(
-                f"a {width}-bit plane must be int32 of shape ({rows}, {n}), "
-                f"got {plane.dtype} {tuple(plane.shape)}: repack with allocator.quant.packing"
-            )
-    n_groups = -(-in_features // group_size)
-    if tuple(scales.shape) != (n_groups, n) or tuple(zeros.shape) != (n_groups, n):
-        raise InputError(
-            f"scales/zeros must be ({n_groups}, {n}) for in_features={in_features}, "
-            f"group_size={group_size}; got {tuple(scales.shape)} and {tuple(zeros.shape)}"
-        )
+    _check_groups(x, scales, zeros, group_size, in_features)
+    _check_planes(planes, bits, in_features, scales.shape[1])
 
 
 def _triton_ready(x: torch.Tensor) -> bool:
@@ -93,4 +107,54 @@ def quant_matmul(
 
 @quant_matmul.register_fake
 def _quant_matmul_fake(x, planes, scales, zeros, bits, group_size, in_features):
+    return x.new_empty((*x.shape[:-1], scales.shape[1]))
+
+
+def check_packed_24(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    indices: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> None:
+    """Raise InputError unless the arguments describe one consistent 2:4 packed weight."""
+    if group_size % 4:
+        raise InputError(f"group_size={group_size}: 2:4 weights need a multiple of 4")
+    _check_groups(x, scales, zeros, group_size, in_features)
+    kept_rows, n = -(-in_features // 4) * 2, scales.shape[1]
+    _check_planes(planes, bits, kept_rows, n)
+    rows = padded_k(kept_rows) // 16
+    if indices.dtype != torch.int32 or tuple(indices.shape) != (rows, n):
+        raise InputError(
+            f"indices must be int32 of shape ({rows}, {n}), got {indices.dtype} "
+            f"{tuple(indices.shape)}: repack with allocator.quant.packing_sparse"
+        )
+
+
+@torch.library.custom_op("allocator::quant_matmul_24", mutates_args=())
+def quant_matmul_24(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    indices: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> torch.Tensor:
+    """``x @ W`` for a 2:4 sparse bit-plane packed W (see the module docstring)."""
+    args = (planes, indices, scales, zeros, bits, group_size, in_features)
+    check_packed_24(x, *args)
+    if not _triton_ready(x):
+        return reference_quant_matmul_24(x, *args)
+    from .sparse24 import triton_quant_matmul_24
+
+    return triton_quant_matmul_24(x, *args)
+
+
+@quant_matmul_24.register_fake
+def _quant_matmul_24_fake(x, planes, indices, scales, zeros, bits, group_size, in_features):
     return x.new_empty((*x.shape[:-1], scales.shape[1]))

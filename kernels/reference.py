@@ -58,3 +58,43 @@ def reference_quant_matmul(
     weight = dequantize_planes(planes, scales, zeros, bits, group_size, in_features)
     out = x.reshape(-1, in_features).float() @ weight
     return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[1])
+
+
+def dequantize_planes_24(
+    planes: list[torch.Tensor],
+    indices: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The dense (K, N) weight of a 2:4 packing (``allocator.quant.packing_sparse``)."""
+    kept_rows = -(-in_features // 4) * 2
+    codes = unpack_planes(planes, bits, kept_rows).to(torch.float64)
+    index = unpack_planes([indices], 2, kept_rows).to(torch.int64)
+    rows = torch.arange(kept_rows, device=codes.device).unsqueeze(1)
+    k = 4 * (rows // 2) + index
+    group = (4 * (rows // 2)) // group_size
+    cols = torch.arange(codes.shape[1], device=codes.device).expand_as(k)
+    kept = (codes - zeros.to(torch.float64)[group, cols]) * scales.to(torch.float64)[group, cols]
+    dense = torch.zeros(kept_rows * 2, codes.shape[1], dtype=torch.float64, device=codes.device)
+    dense[k, cols] = kept
+    return dense[:in_features].to(dtype)
+
+
+def reference_quant_matmul_24(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    indices: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> torch.Tensor:
+    """``x @ W`` for a 2:4 packed W (K, N), fp32 accumulation, output in x.dtype."""
+    weight = dequantize_planes_24(planes, indices, scales, zeros, bits, group_size, in_features)
+    out = x.reshape(-1, in_features).float() @ weight
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[1])
