@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocator.errors import UnsupportedError
+from allocator.export.names import anchored, exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.unit import Unit
 
 ANY_GROUP = "any"
 
@@ -211,7 +213,7 @@ def option_fits(target: str, option: Option) -> bool:
 def constraints_for_target(
     target: str,
     options: Iterable[Option | str] | None = None,
-    units: Iterable[str] | None = None,
+    units: Iterable[Unit | str] | None = None,
 ) -> dict[str, Any]:
     """Extra restrictions that make solved plans fit ``target``, as a Constraints-compatible dict.
 
@@ -220,9 +222,13 @@ def constraints_for_target(
     filter (bits, group sizes, sparsity) that may still admit options ``option_fits`` rejects
     (symmetry, group sizes that depend on bits). Targets that take one setting per projection
     type (HQQ) add ``"uniform_per_kind": True`` and, given the unit names, ``"ties"``: one
-    Constraints tie group (an anchored pattern) per projection type.
+    Constraints tie group (an anchored pattern) per projection type. For llama.cpp, units with
+    shapes add ``"rules"``: tensors whose rows are not a multiple of 256 have no 2/3/6-bit ggml
+    type (llama-quantize would fall back to Q4_0/Q8_0), so they may use only 4, 5, 8 bits or fp16.
     """
     rules = get_rules(target)
+    unit_list = list(units or ())
+    names = [u.name if isinstance(u, Unit) else u for u in unit_list]
     result: dict[str, Any] = {"tie_presets": list(rules.tie_presets)}
     if options is not None:
         parsed = [Option.parse(o) for o in options]
@@ -245,9 +251,13 @@ def constraints_for_target(
         result["allowed"] = allowed
     if rules.per_kind_uniform:
         result["uniform_per_kind"] = True
-        if units is not None:
-            kinds = sorted({kind_of(u) for u in units})
+        if names:
+            kinds = sorted({kind_of(u) for u in names})
             result["ties"] = [[rf"(^|\.){re.escape(k)}$"] for k in kinds]
+    misaligned = [u.name for u in unit_list if isinstance(u, Unit) and u.shape and u.shape[1] % 256]
+    if rules.name == "llamacpp" and misaligned:
+        pattern = anchored(exact_names_regex(misaligned))
+        result["rules"] = [{"pattern": pattern, "allow": {"bits": [4, 5, 8, 16]}}]
     return result
 
 

@@ -36,12 +36,20 @@ def test_solved_plan_fits_target(target, units):
 
     some = [u for u in units if u.layer is not None and u.layer < 4]
     table = synthetic_table(some)
-    extra = constraints_for_target(target, table.options, [u.name for u in some])
+    extra = constraints_for_target(target, table.options, some)
     constraints = Constraints(budget=Budget(avg_bits=5.0), **extra_fields(extra))
     plan = solve(table, constraints)
     assert check_plan(plan, get_rules(target)) == []
-    export_plan(plan, target, units=some)
+    result = export_plan(plan, target, units=some)
+    if target == "llamacpp":  # no tensor falls back to a costlier ggml type than its width's own
+        from allocator.export.llamacpp import PREFERENCE, ggml_type_for
+
+        shapes = {u.name: u.shape for u in some}
+        for unit, option in plan.options_by_unit().items():
+            fallback = ggml_type_for(option, shapes[unit][1]) != PREFERENCE[option.bits][0]
+            assert not fallback or option.bits in (4, 5), (unit, option.key)
+        assert result.config["ggml_bits"] / plan.total_numel < plan.avg_bits + 0.6
 
 
 def extra_fields(extra):
-    return {k: v for k, v in extra.items() if k in ("allowed", "tie_presets", "ties")}
+    return {k: v for k, v in extra.items() if k in ("allowed", "tie_presets", "ties", "rules")}
