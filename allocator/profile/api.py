@@ -50,11 +50,13 @@ def _resolve_model(model: Any, device: str) -> LoadedModel:
     return load_model(model, device=device)
 
 
-def _windows(loaded: LoadedModel, data: Data, n: int, seq_len: int, seed: int) -> torch.Tensor:
+def _windows(
+    loaded: LoadedModel, data: Data, n: int | None, seq_len: int, seed: int
+) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
             raise InputError("data: token windows must be an integer tensor (n_windows, seq_len)")
-        return data[:n].long()
+        return data[:n].long()  # n is None unless asked: all given windows
     if loaded.tokenizer is None:
         raise InputError("data: a bare nn.Module has no tokenizer; pass token windows as a tensor")
     if data is None:
@@ -63,7 +65,7 @@ def _windows(loaded: LoadedModel, data: Data, n: int, seq_len: int, seed: int) -
         text = data
     else:
         text = read_texts(list(data))
-    return token_windows(loaded.tokenizer, text, seq_len=seq_len, n_windows=n, seed=seed)
+    return token_windows(loaded.tokenizer, text, seq_len=seq_len, n_windows=n or 1, seed=seed)
 
 
 def _versions() -> dict[str, str]:
@@ -114,7 +116,9 @@ def profile(
     n = windows or spec.windows
     length = seq_len or spec.seq_len
     torch.manual_seed(seed)
-    input_ids = _windows(loaded, data, n, length, seed)
+    input_ids = _windows(
+        loaded, data, windows if isinstance(data, torch.Tensor) else n, length, seed
+    )
     extra = dict(settings or {})
     record = {
         "estimator": estimator,

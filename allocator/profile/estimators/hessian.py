@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from allocator.errors import InputError
 from allocator.profile.estimators import Estimator, register
+from allocator.schema.option import Option
+from allocator.schema.unit import Unit
 
 
 @torch.no_grad()
@@ -24,15 +26,20 @@ def hessian_losses(ctx: Any) -> dict[str, dict[str, float]]:
     losses: dict[str, dict[str, float]] = {}
     ctx.capture()
     for unit in tqdm(ctx.units, desc="hessian", unit="unit", disable=not ctx.progress):
-        stats = ctx.stats(unit)
-        hessian = stats.hessian.float()
-        weight = ctx.module(unit).weight.detach().float()
-        row = {}
-        for option in ctx.options:
-            dw = ctx.compress(unit, option).float() - weight
-            row[option.key] = max(float(((dw @ hessian) * dw).sum()), 0.0)
-        losses[unit.name] = row
+        losses[unit.name] = hessian_row(ctx, unit, ctx.options)
     return losses
+
+
+@torch.no_grad()
+def hessian_row(ctx: Any, unit: Unit, options: list[Option]) -> dict[str, float]:
+    """tr(dW H dW^T) of one unit for each option."""
+    hessian = ctx.stats(unit).hessian.float()
+    weight = ctx.module(unit).weight.detach().float()
+    row = {}
+    for option in options:
+        dw = ctx.compress(unit, option).float() - weight
+        row[option.key] = max(float(((dw @ hessian) * dw).sum()), 0.0)
+    return row
 
 
 def _imatrix_column(imatrix: dict[str, Any], name: str, in_features: int) -> torch.Tensor:

@@ -1,0 +1,122 @@
+"""Gradient-based estimators: ``fisher`` (empirical Fisher) and ``hutchinson`` (HAWQ-V3 trace).
+
+``fisher``: F = mean over windows of g_w^2, with g_w the gradient of window w's mean next-token
+cross-entropy w.r.t. each unit weight (batch of one window, as ModelOpt's auto_quantize scores
+per batch); loss = 1/2 sum F * dW^2, a diagonal second-order Taylor estimate of the calibration
+loss increase.
+
+``hutchinson``: tr(H_l) of the loss Hessian block of each unit by Hutchinson's estimator,
+mean over Rademacher probes v of v^T (H v), with H v from a double backward pass; loss =
+1/2 |tr(H_l)| / n_l * ||dW||^2 (HAWQ-V3's average-curvature times perturbation norm; the
+magnitude is taken because away from a minimum a noisy trace can come out negative, which
+would otherwise make a unit look free to compress).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm.auto import tqdm
+
+from allocator.profile.estimators import Estimator, register
+
+
+@contextmanager
+def _grads_on(ctx: Any) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """Enable gradients for the unit weights only; restore flags afterwards."""
+    flags = {name: p.requires_grad for name, p in ctx.model.named_parameters()}
+    for p in ctx.model.parameters():
+        p.requires_grad_(False)
+    weights = {u.name: ctx.module(u).weight for u in ctx.units}
+    for w in weights.values():
+        w.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield weights
+    finally:
+        for name, p in ctx.model.named_parameters():
+            p.requires_grad_(flags[name])
+            p.grad = None
+
+
+def _window_loss(ctx: Any, ids: torch.Tensor) -> torch.Tensor:
+    device = next(ctx.model.parameters()).device
+    ids = ids.to(device)
+    return ctx.model(input_ids=ids, labels=ids, use_cache=False).loss
+
+
+def _weighted_rows(
+    ctx: Any, weights_per_unit: dict[str, torch.Tensor]
+) -> dict[str, dict[str, float]]:
+    """1/2 sum w * dW^2 per unit and option, for per-weight (or broadcast) importance w."""
+    losses = {}
+    with torch.no_grad():
+        for unit in ctx.units:
+            weight = ctx.module(unit).weight.detach().float()
+            importance = weights_per_unit[unit.name]
+            row = {}
+            for option in ctx.options:
+                dw = ctx.compress(unit, option).float() - weight
+                row[option.key] = max(0.5 * float((importance * dw.square()).sum()), 0.0)
+            losses[unit.name] = row
+    return losses
+
+
+def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    if ctx.needs_stats():
+        ctx.capture()
+    with _grads_on(ctx) as weights:
+        fisher = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
+        windows = ctx.input_ids
+        for ids in tqdm(windows, desc="fisher", unit="window", disable=not ctx.progress):
+            ctx.model.zero_grad(set_to_none=True)
+            _window_loss(ctx, ids[None]).backward()
+            for name, w in weights.items():
+                fisher[name] += w.grad.detach().float().square()
+        for f in fisher.values():
+            f /= len(windows)
+    return _weighted_rows(ctx, fisher)
+
+
+def hutchinson_traces(ctx: Any) -> dict[str, float]:
+    """Mean diagonal of each unit's loss-Hessian block, tr(H_l) / n_l."""
+    probes = int(ctx.settings.get("probes", 4))
+    generator = torch.Generator().manual_seed(ctx.seed)
+    # the fused CPU attention kernel has no double backward; the math kernel has
+    with _grads_on(ctx) as weights, sdpa_kernel(SDPBackend.MATH):
+        names, params = list(weights), list(weights.values())
+        traces = dict.fromkeys(names, 0.0)
+        batches = list(ctx.input_ids.split(ctx.batch_size))
+        steps = tqdm(total=probes * len(batches), desc="hutchinson", disable=not ctx.progress)
+        for _ in range(probes):
+            for ids in batches:
+                loss = _window_loss(ctx, ids)
+                grads = torch.autograd.grad(loss, params, create_graph=True)
+                vs = [
+                    (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p)
+                    for p in params
+                ]
+                hvs = torch.autograd.grad(grads, params, grad_outputs=vs)
+                for name, v, hv in zip(names, vs, hvs, strict=True):
+                    traces[name] += float((v * hv).sum())
+                steps.update()
+        steps.close()
+        total = probes * len(batches)
+        return {n: traces[n] / total / weights[n].numel() for n in names}
+
+
+def hutchinson_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    if ctx.needs_stats():
+        ctx.capture()
+    traces = hutchinson_traces(ctx)
+    return _weighted_rows(ctx, {n: torch.tensor(abs(t)) for n, t in traces.items()})
+
+
+register(Estimator("fisher", fisher_losses, windows=16, seq_len=256, doc="1/2 sum F dW^2"))
+register(
+    Estimator("hutchinson", hutchinson_losses, windows=2, seq_len=256, doc="1/2 tr(H)/n ||dW||^2")
+)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allocator.profile.api import profile
+from allocator.profile.estimators import ESTIMATORS, load_all
+from allocator.schema.constraints import Constraints
+from allocator.schema.table import SensitivityTable
+from tests.profile.conftest import GRID
+
+load_all()
+LOSS_ESTIMATORS = [
+    "hessian",
+    "hessian_diag",
+    "fisher",
+    "hutchinson",
+    "block_error",
+    "kl",
+    "hessian_kl",
+]
+SCORE_ESTIMATORS = ["lim", "zd", "zo"]
+
+
+def test_registry_lists_every_estimator():
+    assert set(ESTIMATORS.names()) == set(LOSS_ESTIMATORS + SCORE_ESTIMATORS)
+
+
+@pytest.mark.parametrize("name", LOSS_ESTIMATORS + SCORE_ESTIMATORS)
+def test_estimator_table_is_complete_monotone_and_solvable(name, tiny_model, tiny_ids, tmp_path):
+    settings = {"probes": 2} if name in ("hutchinson", "zo") else {}
+    table = profile(
+        tiny_model, tiny_ids, name, GRID, progress=False, journal=tmp_path / "j.jsonl",
+        settings=settings,
+    )  # fmt: skip
+    assert isinstance(table, SensitivityTable)
+    assert len(table.units) == 14
+    keys = [o.key for o in table.options]
+    for unit in table.units:
+        row = table.losses[unit.name]
+        assert list(row) == keys
+        assert all(v >= 0 for v in row.values())
+        assert row["b2-g32"] >= row["b8-g32"]
+    total_b2 = sum(table.losses[u.name]["b2-g32"] for u in table.units)
+    total_b8 = sum(table.losses[u.name]["b8-g32"] for u in table.units)
+    assert total_b2 > 10 * total_b8
+    prov = table.provenance
+    assert prov.estimator == name and prov.model_hash and prov.data_hash
+    assert prov.settings["windows"] == tiny_ids.shape[0]
+    from allocator.solve.api import solve
+
+    plan = solve(table, Constraints.simple(4.0))
+    assert len(plan.assignments) == 14
+
+
+def test_hessian_equals_mean_squared_output_error(tiny_model, tiny_ids):
+    from allocator.profile.compress import compressed_weight
+    from allocator.schema.option import Option
+
+    name = "model.layers.1.mlp.down_proj"
+    table = profile(tiny_model, tiny_ids, "hessian", GRID, progress=False)
+    module = tiny_model.get_submodule(name)
+    inputs = []
+    handle = module.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    with torch.no_grad():
+        tiny_model(input_ids=tiny_ids)
+    handle.remove()
+    x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs]).double()
+    dw = (compressed_weight(module.weight, Option.parse("b3-g32")) - module.weight).double()
+    expected = float((x @ dw.T).square().sum(dim=1).mean())
+    assert table.losses[name]["b3-g32"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_kl_matches_a_full_forward_with_the_unit_compressed(tiny_model, tiny_ids):
+    from allocator.profile.compress import compressed_weight
+    from allocator.schema.option import Option
+
+    name = "model.layers.0.self_attn.v_proj"
+    table = profile(tiny_model, tiny_ids, "kl", GRID, progress=False)
+    module = tiny_model.get_submodule(name)
+    with torch.no_grad():
+        clean = torch.log_softmax(tiny_model(input_ids=tiny_ids).logits, -1)
+        original = module.weight.data
+        module.weight.data = compressed_weight(original, Option.parse("b2-g32"))
+        noisy = torch.log_softmax(tiny_model(input_ids=tiny_ids).logits, -1)
+        module.weight.data = original
+    expected = float((clean.exp() * (clean - noisy)).sum(-1).mean())
+    assert table.losses[name]["b2-g32"] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+
+
+def test_sparse_options_are_scored(tiny_model, tiny_ids):
+    grid = "bits=4 group=32 sparsity=0,0.5,2:4"
+    table = profile(tiny_model, tiny_ids, "hessian", grid, progress=False)
+    for unit in table.units:
+        row = table.losses[unit.name]
+        assert row["b4-g32-s0.5"] > row["b4-g32"]
+        assert row["b4-g32-2:4"] > row["b4-g32"]
+
+
+def test_gptq_options_beat_rtn_on_the_hessian_proxy(tiny_model, tiny_ids):
+    table = profile(
+        tiny_model, tiny_ids, "hessian", "bits=3 group=32 method=rtn,gptq", progress=False
+    )
+    rtn = sum(table.losses[u.name]["b3-g32"] for u in table.units)
+    gptq = sum(table.losses[u.name]["b3-g32@gptq"] for u in table.units)
+    assert gptq < rtn
+
+
+def test_hessian_diag_accepts_an_imatrix(tiny_model, tiny_ids):
+    from allocator.models.units import find_units
+
+    units = find_units(tiny_model)
+    imatrix = {u.name: [1.0] * u.in_features for u in units}
+    table = profile(tiny_model, tiny_ids, "hessian_diag", GRID, progress=False,
+                    settings={"imatrix": imatrix})  # fmt: skip
+    name = units[0].name
+    weight = tiny_model.get_submodule(name).weight
+    from allocator.profile.compress import compressed_weight
+
+    dw = compressed_weight(weight, table.options[0]) - weight
+    assert table.losses[name]["b2-g32"] == pytest.approx(float(dw.square().sum()), rel=1e-4)
