@@ -17,12 +17,16 @@ runs in row chunks so temporaries stay small.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 CHUNK_ROWS = 1 << 16
 PAD_EFF = -1.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,16 +74,16 @@ def _row_all(mask: np.ndarray) -> np.ndarray:
 
 
 def _fast_rows(
-    cost: np.ndarray, loss: np.ndarray, eff: np.ndarray, dcost: np.ndarray
+    cost: np.ndarray, loss: np.ndarray, eff: np.ndarray, dcost: np.ndarray, dloss: np.ndarray
 ) -> np.ndarray:
-    """Fill eff/dcost (R, K-1) in column order; return the rows that are already convex hulls.
+    """Fill eff/dcost/dloss (R, K-1) in column order; return the rows already convex hulls.
 
     A row qualifies when cost strictly increases, loss strictly decreases (so all are valid) and
     the efficiencies do not increase.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         np.subtract(cost[:, 1:], cost[:, :-1], out=dcost)
-        dloss = loss[:, :-1] - loss[:, 1:]
+        np.subtract(loss[:, :-1], loss[:, 1:], out=dloss)
         np.divide(dloss, dcost, out=eff)
         good = (dcost > 0) & (dloss > 0)
         if eff.shape[1] > 1:
@@ -134,8 +138,10 @@ def _monotone_chain(
     return stack, size
 
 
-def _slow_rows(cost: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """General hulls of a few rows: (cols (R, K) with -1 pad, eff (R, K-1), dcost (R, K-1))."""
+def _slow_rows(
+    cost: np.ndarray, loss: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """General hulls of a few rows: (cols (R, K) with -1 pad, eff, dcost, dloss (R, K-1))."""
     k = cost.shape[1]
     order, count = _staircase(cost, loss)
     px = np.take_along_axis(cost, order, axis=1)
@@ -146,45 +152,81 @@ def _slow_rows(cost: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarr
     hx = np.take_along_axis(px, stack, axis=1)
     hy = np.take_along_axis(py, stack, axis=1)
     seg = np.arange(k - 1)[None, :] < (size - 1)[:, None]
-    dcost = np.where(seg, np.diff(hx, axis=1), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        eff = np.where(seg, -np.diff(hy, axis=1) / np.where(seg, dcost, 1.0), PAD_EFF)
-    return cols, eff, dcost
+        dcost = np.where(seg, np.diff(hx, axis=1), 0.0)
+        dloss = np.where(seg, -np.diff(hy, axis=1), 0.0)
+        eff = np.where(seg, dloss / np.where(seg, dcost, 1.0), PAD_EFF)
+    if k > 1:  # guard against rounding: efficiencies never increase along a hull
+        eff = np.minimum.accumulate(eff, axis=1)
+    return cols, eff, dcost, dloss
 
 
-def lower_hulls(cost: np.ndarray, loss: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> Hulls:
-    """Compute the padded lower convex hulls of all units of (N, K) cost/loss (inf = invalid)."""
-    n_units, k = cost.shape
-    eff = np.empty((n_units, max(k - 1, 0)), dtype=np.float64)
+@dataclass
+class ChunkHulls:
+    """Hull segments of a block of rows (see the module docstring); ``slow`` is block-local."""
+
+    eff: np.ndarray  # (R, K-1)
+    dcost: np.ndarray  # (R, K-1)
+    dloss: np.ndarray  # (R, K-1) loss decrease of each segment, 0 padding
+    slow: np.ndarray  # (S,) rows of the block whose hull is not their columns in order
+    slow_cols: np.ndarray  # (S, K)
+    base_cost: float
+    base_loss: float
+
+
+def chunk_hulls(cost: np.ndarray, loss: np.ndarray) -> ChunkHulls:
+    """Hulls of a block of rows of (R, K) cost/loss (inf = invalid)."""
+    n_rows, k = cost.shape
+    eff = np.empty((n_rows, max(k - 1, 0)))
     dcost = np.empty_like(eff)
-    slow_rows: list[np.ndarray] = []
-    slow_cols: list[np.ndarray] = []
-    base_cost = base_loss = total_dcost = 0.0
-    for r0 in range(0, n_units, chunk_rows):
-        r1 = min(r0 + chunk_rows, n_units)
-        part_cost, part_loss = cost[r0:r1], loss[r0:r1]
-        ok = _fast_rows(part_cost, part_loss, eff[r0:r1], dcost[r0:r1])
-        base_cost += float(part_cost[:, 0].sum(where=ok))
-        base_loss += float(part_loss[:, 0].sum(where=ok))
-        if not ok.all():
-            slow = np.flatnonzero(~ok)
-            sc, se, sd = _slow_rows(part_cost[slow], part_loss[slow])
-            # guard against rounding: efficiencies never increase along a hull
-            eff[r0 + slow] = np.minimum.accumulate(se, axis=1) if k > 1 else se
-            dcost[r0 + slow] = sd
-            base_cost += float(np.take_along_axis(part_cost[slow], sc[:, :1], axis=1).sum())
-            base_loss += float(np.take_along_axis(part_loss[slow], sc[:, :1], axis=1).sum())
-            slow_rows.append(r0 + slow)
-            slow_cols.append(sc)
-        total_dcost += float(dcost[r0:r1].sum())
+    dloss = np.empty_like(eff)
+    ok = _fast_rows(cost, loss, eff, dcost, dloss)
+    base_cost = float(cost[:, 0].sum(where=ok))
+    base_loss = float(loss[:, 0].sum(where=ok))
+    slow = np.flatnonzero(~ok)
+    if slow.size:
+        cols, eff[slow], dcost[slow], dloss[slow] = _slow_rows(cost[slow], loss[slow])
+        base_cost += float(np.take_along_axis(cost[slow], cols[:, :1], axis=1).sum())
+        base_loss += float(np.take_along_axis(loss[slow], cols[:, :1], axis=1).sum())
+    else:
+        cols = np.zeros((0, k), dtype=np.int64)
+    return ChunkHulls(eff, dcost, dloss, slow, cols, base_cost, base_loss)
+
+
+def map_chunks(
+    function: Callable[[int], T], n_units: int, threads: int = 1, chunk_rows: int = CHUNK_ROWS
+) -> list[T]:
+    """``function(r0)`` for every chunk start, in order; numpy releases the GIL, so threads help."""
+    starts = range(0, n_units, chunk_rows)
+    if threads <= 1 or len(starts) < 2:
+        return [function(r0) for r0 in starts]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(function, starts))
+
+
+def lower_hulls(
+    cost: np.ndarray, loss: np.ndarray, chunk_rows: int = CHUNK_ROWS, threads: int = 1
+) -> Hulls:
+    """Compute the padded lower convex hulls of all units of (N, K) cost/loss (inf = invalid)."""
+    n_units = cost.shape[0]
+    parts = map_chunks(
+        lambda r0: chunk_hulls(cost[r0 : r0 + chunk_rows], loss[r0 : r0 + chunk_rows]),
+        n_units,
+        threads,
+        chunk_rows,
+    )
+    starts = range(0, n_units, chunk_rows)
+    slow = [r0 + part.slow for r0, part in zip(starts, parts, strict=True)]
     return Hulls(
-        eff=eff,
-        dcost=dcost,
-        slow=np.concatenate(slow_rows) if slow_rows else np.zeros(0, dtype=np.int64),
-        slow_cols=np.concatenate(slow_cols) if slow_cols else np.zeros((0, k), dtype=np.int64),
-        base_cost=base_cost,
-        base_loss=base_loss,
-        total_dcost=total_dcost,
+        eff=np.concatenate([part.eff for part in parts]),
+        dcost=np.concatenate([part.dcost for part in parts]),
+        slow=np.concatenate(slow) if slow else np.zeros(0, dtype=np.int64),
+        slow_cols=np.concatenate([part.slow_cols for part in parts])
+        if parts
+        else np.zeros((0, cost.shape[1]), dtype=np.int64),
+        base_cost=sum(part.base_cost for part in parts),
+        base_loss=sum(part.base_loss for part in parts),
+        total_dcost=sum(float(part.dcost.sum()) for part in parts),
     )
 
 
@@ -199,7 +241,7 @@ def gather(values: np.ndarray, choice: np.ndarray) -> np.ndarray:
 def dual_value(cost: np.ndarray, loss: np.ndarray, lam: float, budget: float) -> float:
     """Lagrangian dual ``sum_i min_j (loss + lam * cost) - lam * budget``: a lower bound for lam >= 0.
 
-    Computed from the raw arrays (not the hulls), so it certifies the bound independently.
+    Computed from the raw arrays (not the hulls), so it certifies a bound independently.
     """
     total = 0.0
     for r0 in range(0, cost.shape[0], CHUNK_ROWS):

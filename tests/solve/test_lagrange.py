@@ -68,8 +68,16 @@ def test_dual_value_is_a_lower_bound_for_any_multiplier() -> None:
             assert dual_value(problem.cost, problem.loss, lam, problem.budget) <= best[0] + 1e-9
 
 
+@pytest.mark.parametrize(("n_units", "n_options"), [(300, 8), (2000, 32)])
+def test_hull_dual_equals_raw_dual(n_units: int, n_options: int) -> None:
+    problem = make_instance(n_units, n_options, seed=8, noise_sigma=0.3)
+    relaxed = lagrange.relax(problem)
+    raw = dual_value(problem.cost, problem.loss, relaxed.lam, problem.budget)
+    assert relaxed.lower_bound == pytest.approx(min(raw, relaxed.objective), rel=1e-12)
+
+
 def test_bracketed_search_matches_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
-    problem = make_instance(20_000, 8, seed=5)
+    problem = make_instance(20_000, 8, seed=5, noise_sigma=0.3)
     full = lagrange.relax(problem)
     monkeypatch.setattr(lagrange, "FULL_SORT_SEGMENTS", 1_000)
     monkeypatch.setattr(lagrange, "SAMPLE_SIZE", 512)
@@ -119,3 +127,29 @@ def test_refuses_resources_and_max_distinct() -> None:
     capped = Problem(base.cost, base.loss, base.valid, base.budget, option_ids=ids, max_distinct=2)
     with pytest.raises(UnsupportedError, match="max_distinct"):
         LagrangeBackend().solve(capped)
+
+
+def test_missed_bracket_is_widened(monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = make_instance(20_000, 8, seed=6, noise_sigma=0.3)
+    full = lagrange.relax(problem)
+    sampled = lagrange._sample_bracket
+    calls: list[int] = []
+
+    def first_wrong(prob: Problem, widen: int) -> tuple[float, float]:
+        calls.append(widen)
+        return (1e9, 1e10) if widen == 0 else sampled(prob, widen)
+
+    monkeypatch.setattr(lagrange, "FULL_SORT_SEGMENTS", 1_000)
+    monkeypatch.setattr(lagrange, "_sample_bracket", first_wrong)
+    again = lagrange.relax(problem)
+    assert calls[:2] == [0, 1]
+    assert again.objective == pytest.approx(full.objective, rel=1e-12)
+    assert again.lower_bound == pytest.approx(full.lower_bound, rel=1e-12)
+
+
+def test_bracketed_search_with_slack_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = make_instance(20_000, 8, seed=6)
+    problem.budget = float(problem.cost.max(axis=1).sum()) * 1.01
+    monkeypatch.setattr(lagrange, "FULL_SORT_SEGMENTS", 1_000)
+    relaxed = lagrange.relax(problem)
+    assert relaxed.objective == pytest.approx(problem.loss.min(axis=1).sum(), rel=1e-12)

@@ -3,14 +3,15 @@
 The LP relaxation of the multiple-choice knapsack takes hull segments in order of decreasing
 efficiency (loss decrease per bit) until the budget is spent; the first segment that does not fit
 is the critical one and its efficiency is the optimal multiplier ``lam``. The integer solution
-keeps every segment before it, then greedily adds later segments that still fit. The certified
-lower bound is the dual value ``L(lam) = sum_i min_j (loss + lam * cost) - lam * budget``,
-recomputed from the raw arrays. At most one unit is fractional in the LP, so on large problems the
-gap is tiny.
+keeps every segment before it, then greedily adds later segments that still fit. The lower bound
+is the dual value ``L(lam) = sum_i min_j (loss + lam * cost) - lam * budget`` (equal to the LP
+optimum), summed exactly from the hull segments. At most one unit is fractional in the LP, so on
+large problems the certified gap is tiny.
 
-For large problems the critical efficiency is found without a full sort: a random sample of rows
-brackets it, one pass sums the segments above the bracket and collects those inside, and only
-those are sorted.
+Large problems never materialise all segments: hulls of a random sample of units bracket the
+critical efficiency, then one streaming pass builds each chunk's hulls and keeps only the count
+and sums of the segments above the bracket and the few segments inside it, which are sorted.
+A bracket that misses (rare) is widened and the pass repeated.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from allocator.errors import InfeasibleError
-from allocator.solve.hull import CHUNK_ROWS, Hulls, dual_value, gather, lower_hulls, row_count
+from allocator.solve.hull import CHUNK_ROWS, chunk_hulls, gather, map_chunks, row_count
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS, check_supported
 
@@ -30,6 +31,7 @@ FULL_SORT_SEGMENTS = 1 << 17
 SAMPLE_SIZE = 1 << 15
 MAX_GREEDY_STEPS = 200_000
 OPTIMAL_RTOL = 1e-12
+THREADS = 2
 
 
 @dataclass
@@ -45,22 +47,84 @@ class Relaxation:
 
 @dataclass
 class _Segments:
-    """Hull segments still in play: flat indices into the (N, K-1) hull arrays, row-major order."""
+    """Hull segments in play, as flat indices ``unit * (K - 1) + position`` (row-major order)."""
 
     flat: np.ndarray
     eff: np.ndarray
     dcost: np.ndarray
+    dloss: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> _Segments:
+        return _Segments(self.flat[mask], self.eff[mask], self.dcost[mask], self.dloss[mask])
 
 
-def check_budget(problem: Problem, hulls: Hulls) -> None:
-    """Raise InfeasibleError when even the cheapest option of every unit exceeds the budget."""
-    if hulls.base_cost > problem.budget * (1 + 1e-12):
-        raise InfeasibleError(
-            f"budget {problem.budget:.6g} bits is below the smallest achievable size "
-            f"{hulls.base_cost:.6g} bits; raise the budget or allow cheaper options",
-            min_size_bits=hulls.base_cost,
-            binding=["budget"],
+@dataclass
+class _Scan:
+    """What one streaming pass keeps for an efficiency bracket (lo, hi]."""
+
+    above_count: np.ndarray  # (N,) segments with eff > hi per unit (a prefix of its hull)
+    above_cost: float
+    above_loss: float  # loss decrease of those segments
+    inside: _Segments  # segments with lo < eff <= hi
+    below_any: bool  # whether segments may lie at or below lo (all real segments have eff > 0)
+    slow: np.ndarray  # units whose hull is not their columns in order
+    slow_cols: np.ndarray
+    base_cost: float
+    base_loss: float
+
+
+def _infeasible(budget: float, min_cost: float) -> InfeasibleError:
+    return InfeasibleError(
+        f"budget {budget:.6g} bits is below the smallest achievable size {min_cost:.6g} bits; "
+        "raise the budget or allow cheaper options",
+        min_size_bits=min_cost,
+        binding=["budget"],
+    )
+
+
+def _scan(problem: Problem, lo: float, hi: float, threads: int) -> _Scan:
+    """One pass over all units: build hulls chunk by chunk and split segments by the bracket."""
+    n_units, k = problem.cost.shape
+    above_count = np.zeros(n_units, dtype=np.int16)
+
+    def work(r0: int):
+        part = chunk_hulls(problem.cost[r0 : r0 + CHUNK_ROWS], problem.loss[r0 : r0 + CHUNK_ROWS])
+        above = part.eff > hi
+        sums = (0.0, 0.0)
+        if np.isfinite(hi):
+            above_count[r0 : r0 + len(part.eff)] = row_count(above)
+            sums = (float(part.dcost.sum(where=above)), float(part.dloss.sum(where=above)))
+        inside = part.eff > lo
+        inside &= ~above
+        idx = np.flatnonzero(inside)
+        segments = _Segments(
+            idx + r0 * (k - 1),
+            part.eff.reshape(-1)[idx],
+            part.dcost.reshape(-1)[idx],
+            part.dloss.reshape(-1)[idx],
         )
+        return part, sums, segments
+
+    results = map_chunks(work, n_units, threads)
+    starts = range(0, n_units, CHUNK_ROWS)
+    parts = [r[0] for r in results]
+    segments = [r[2] for r in results]
+    return _Scan(
+        above_count=above_count,
+        above_cost=sum(r[1][0] for r in results),
+        above_loss=sum(r[1][1] for r in results),
+        inside=_Segments(
+            *(
+                np.concatenate([getattr(s, f) for s in segments])
+                for f in ("flat", "eff", "dcost", "dloss")
+            )
+        ),
+        below_any=lo > 0,
+        slow=np.concatenate([r0 + p.slow for r0, p in zip(starts, parts, strict=True)]),
+        slow_cols=np.concatenate([p.slow_cols for p in parts]),
+        base_cost=sum(p.base_cost for p in parts),
+        base_loss=sum(p.base_loss for p in parts),
+    )
 
 
 def _bracket(eff: np.ndarray, weight: np.ndarray, target: float, widen: int) -> tuple[float, float]:
@@ -68,7 +132,8 @@ def _bracket(eff: np.ndarray, weight: np.ndarray, target: float, widen: int) -> 
     taken in decreasing efficiency order), with a margin of about 4 standard errors."""
     order = np.argsort(-eff, kind="stable")
     fraction = np.cumsum(weight[order]) / max(float(weight.sum()), 1e-300)
-    spread = 4.0 * np.sqrt(max(target * (1 - target), 1e-4) / max(len(eff), 1))
+    clamped = min(max(target, 0.0), 1.0)
+    spread = 4.0 * np.sqrt(max(clamped * (1 - clamped), 1e-4) / max(len(eff), 1))
     delta = (spread + 1e-4) * 4.0**widen
     i_hi = int(np.searchsorted(fraction, target - delta))
     i_lo = int(np.searchsorted(fraction, target + delta))
@@ -77,63 +142,51 @@ def _bracket(eff: np.ndarray, weight: np.ndarray, target: float, widen: int) -> 
     return lo, hi
 
 
-def _split_hulls(hulls: Hulls, lo: float, hi: float) -> tuple[np.ndarray, float, _Segments]:
-    """One chunked pass: per-unit count and total cost of segments with eff > hi, and the
-    segments with lo < eff <= hi."""
-    n_units, n_cols = hulls.eff.shape
-    above_count = np.zeros(n_units, dtype=np.int16)
-    flat: list[np.ndarray] = []
-    above_cost = 0.0
-    for r0 in range(0, n_units, CHUNK_ROWS):
-        eff = hulls.eff[r0 : r0 + CHUNK_ROWS]
-        above = eff > hi
-        if np.isfinite(hi):
-            above_cost += float(np.sum(hulls.dcost[r0 : r0 + CHUNK_ROWS], where=above))
-            above_count[r0 : r0 + CHUNK_ROWS] = row_count(above)
-        inside = eff > lo
-        inside &= ~above
-        flat.append(np.flatnonzero(inside) + r0 * n_cols)
-    index = np.concatenate(flat)
-    segments = _Segments(index, hulls.eff.reshape(-1)[index], hulls.dcost.reshape(-1)[index])
-    return above_count, above_cost, segments
+def _sample_bracket(problem: Problem, widen: int) -> tuple[float, float]:
+    """Bracket the critical efficiency from the hulls of a random sample of units."""
+    n_units, k = problem.cost.shape
+    rng = np.random.default_rng(1234 + widen)
+    rows = np.sort(rng.integers(0, n_units, size=min(SAMPLE_SIZE // max(k - 1, 1) + 1, n_units)))
+    part = chunk_hulls(problem.cost[rows], problem.loss[rows])
+    scale = n_units / len(rows)
+    slack = problem.budget - part.base_cost * scale
+    total = float(part.dcost.sum()) * scale
+    return _bracket(part.eff.ravel(), part.dcost.ravel(), slack / max(total, 1e-300), widen)
 
 
-def _narrow_hulls(hulls: Hulls, slack: float) -> tuple[np.ndarray, float, _Segments]:
-    """Bracket the critical segment among all hull segments (one pass when the sample is good)."""
-    if hulls.eff.size <= FULL_SORT_SEGMENTS or hulls.total_dcost <= slack:
-        return _split_hulls(hulls, 0.0, np.inf)
-    n_units = hulls.eff.shape[0]
-    per_row = max(hulls.eff.shape[1], 1)
+def _bracketed_scan(problem: Problem, threads: int) -> _Scan:
+    """Scan with a sampled bracket that holds the critical segment (full scan when small)."""
+    if problem.cost.size <= FULL_SORT_SEGMENTS:
+        return _scan(problem, 0.0, np.inf, threads)
     for widen in range(4):
-        rng = np.random.default_rng(1234 + widen)
-        rows = rng.integers(0, n_units, size=min(SAMPLE_SIZE // per_row + 1, n_units))
-        lo, hi = _bracket(
-            hulls.eff[rows].ravel(), hulls.dcost[rows].ravel(), slack / hulls.total_dcost, widen
-        )
-        above_count, above_cost, inside = _split_hulls(hulls, lo, hi)
-        if above_cost <= slack < above_cost + float(inside.dcost.sum()):
-            return above_count, above_cost, inside
-    return _split_hulls(hulls, 0.0, np.inf)
+        lo, hi = _sample_bracket(problem, widen)
+        scan = _scan(problem, lo, hi, threads)
+        slack = problem.budget - scan.base_cost
+        if slack < 0:  # (nearly) infeasible: only the cheapest hull points
+            return _scan(problem, np.inf, np.inf, threads)
+        inside_cost = float(scan.inside.dcost.sum())
+        if scan.above_cost <= slack and (
+            slack < scan.above_cost + inside_cost or not scan.below_any
+        ):
+            return scan
+    return _scan(problem, 0.0, np.inf, threads)
 
 
-def _narrow_segments(segments: _Segments, slack: float) -> tuple[np.ndarray, float, _Segments]:
-    """Bracket the critical segment within a flat candidate set; returns (flat indices taken as
-    above the bracket, their cost, segments inside)."""
-    nothing = np.zeros(0, dtype=np.int64)
+def _narrow(segments: _Segments, slack: float) -> tuple[_Segments, _Segments]:
+    """Split a large candidate set into (segments surely taken, segments around the critical)."""
+    nothing = segments.subset(np.zeros(len(segments.flat), dtype=bool))
     total = float(segments.dcost.sum())
     if len(segments.flat) <= FULL_SORT_SEGMENTS or total <= slack:
-        return nothing, 0.0, segments
+        return nothing, segments
     for widen in range(4):
-        rng = np.random.default_rng(4321 + widen)
-        sample = rng.integers(0, len(segments.flat), size=SAMPLE_SIZE)
+        sample = np.random.default_rng(4321 + widen).integers(0, len(segments.flat), SAMPLE_SIZE)
         lo, hi = _bracket(segments.eff[sample], segments.dcost[sample], slack / total, widen)
         above = segments.eff > hi
-        above_cost = float(segments.dcost[above].sum())
         inside = (segments.eff > lo) & ~above
+        above_cost = float(segments.dcost[above].sum())
         if above_cost <= slack < above_cost + float(segments.dcost[inside].sum()):
-            kept = _Segments(segments.flat[inside], segments.eff[inside], segments.dcost[inside])
-            return segments.flat[above], above_cost, kept
-    return nothing, 0.0, segments
+            return segments.subset(above), segments.subset(inside)
+    return nothing, segments
 
 
 def _greedy_fill(
@@ -158,34 +211,41 @@ def _greedy_fill(
     return taken
 
 
-def relax(problem: Problem, hulls: Hulls | None = None) -> Relaxation:
+def relax(problem: Problem, threads: int = THREADS) -> Relaxation:
     """Solve the Lagrangian relaxation and repair it into a feasible integer choice."""
-    hulls = lower_hulls(problem.cost, problem.loss) if hulls is None else hulls
-    check_budget(problem, hulls)
-    n_units, n_cols = hulls.eff.shape
-    slack = problem.budget - hulls.base_cost
-    above_count, above_cost, segments = _narrow_hulls(hulls, slack)
-    taken_flat, taken_cost, segments = _narrow_segments(segments, slack - above_cost)
-    above_cost += taken_cost
+    n_units, k = problem.cost.shape
+    per_unit = max(k - 1, 1)
+    scan = _bracketed_scan(problem, threads)
+    slack = problem.budget - scan.base_cost
+    if slack < -1e-12 * abs(problem.budget):
+        raise _infeasible(problem.budget, scan.base_cost)
+    sure, segments = _narrow(scan.inside, slack - scan.above_cost)
+    above_cost = scan.above_cost + float(sure.dcost.sum())
+    above_loss = scan.above_loss + float(sure.dloss.sum())
     order = np.argsort(-segments.eff, kind="stable")  # stable: a unit's segments keep hull order
-    flat, eff, dcost = segments.flat[order], segments.eff[order], segments.dcost[order]
-    rows = flat // max(n_cols, 1)
-    cumulative = above_cost + np.cumsum(dcost)
+    segments = segments.subset(order)
+    rows = segments.flat // per_unit
+    cumulative = above_cost + np.cumsum(segments.dcost)
     n_take = int(np.searchsorted(cumulative, slack, side="right"))
-    lam = 0.0 if n_take >= len(flat) else float(eff[n_take])
-    taken = np.zeros(len(flat), dtype=bool)
+    lam = 0.0 if n_take >= len(rows) else float(segments.eff[n_take])
+    taken = np.zeros(len(rows), dtype=bool)
     taken[:n_take] = True
-    if n_take < len(flat):
+    if n_take < len(rows):
         left = slack - (cumulative[n_take - 1] if n_take else above_cost)
-        taken[_greedy_fill(rows, dcost, n_take + 1, left, {int(rows[n_take])})] = True
-    positions = above_count.astype(np.int64)
+        taken[_greedy_fill(rows, segments.dcost, n_take + 1, left, {int(rows[n_take])})] = True
+    positions = scan.above_count.astype(np.int64)
     positions += np.bincount(rows[taken], minlength=n_units)
-    if taken_flat.size:
-        positions += np.bincount(taken_flat // max(n_cols, 1), minlength=n_units)
-    choice = hulls.choice_at(positions)
+    positions += np.bincount(sure.flat // per_unit, minlength=n_units)
+    choice = positions
+    if scan.slow.size:
+        choice[scan.slow] = scan.slow_cols[np.arange(scan.slow.size), positions[scan.slow]]
     objective = float(gather(problem.loss, choice).sum())
     total_cost = float(gather(problem.cost, choice).sum())
-    lower_bound = dual_value(problem.cost, problem.loss, lam, problem.budget)
+    # L(lam) = sum of hull minima of loss + lam * cost, minus lam * budget
+    gaining = segments.eff > lam
+    gain = above_loss + float(segments.dloss[gaining].sum())
+    spent = above_cost + float(segments.dcost[gaining].sum())
+    lower_bound = scan.base_loss - gain + lam * (scan.base_cost + spent - problem.budget)
     return Relaxation(choice, lam, min(lower_bound, objective), objective, total_cost)
 
 
