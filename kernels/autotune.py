@@ -36,6 +36,7 @@ class KernelConfig:
     use_dot: bool = False
     reshape: bool = False
     dequant: bool = False
+    acc3: bool = False
 
 
 def next_pow2(value: int) -> int:
@@ -54,40 +55,71 @@ def _split(n_tiles_mn: int, n_k_tiles: int, programs: int) -> int:
     return max(1, min(n_k_tiles, -(-programs // max(1, n_tiles_mn))))
 
 
+def _gemv_candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[KernelConfig]:
+    """Broadcast-reduce configs: (block_n, block_k, warps, reshape, acc3), two split factors."""
+    out = []
+    block_m = next_pow2(m)
+    shapes = [
+        (64, 128, 4, False, False),
+        (128, 64, 4, False, False),
+        (64, 128, 4, True, False),
+        (32, 256, 4, False, False),
+        (128, 128, 8, False, False),
+        (256, 64, 8, True, False),
+        (64, 64, 4, True, True),
+        (128, 64, 8, True, True),
+        (256, 32, 8, True, True),
+    ]
+    for block_n, block_k, warps, reshape, acc3 in shapes:
+        block_k = _block_k(block_k, group_size)
+        limit = MAX_TILE_ELEMENTS if not acc3 else 64 * 32 * warps  # 64 accumulators a thread
+        while block_m * block_n * block_k > limit and block_k > 32:
+            block_k //= 2
+        while block_m * block_n * block_k > limit and block_n > 32:
+            block_n //= 2
+        for waves in (4, 8):
+            split = _split(-(-n // block_n), -(-k // block_k), waves * sms)
+            out.append(
+                KernelConfig(block_m, block_n, block_k, warps, 2, split, False, reshape, acc3=acc3)
+            )
+    return out
+
+
+def _gemm_candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[KernelConfig]:
+    """tl.dot configs (M >= 2, rows padded to 16), and dequant + matmul above FUSED_MAX_M."""
+    out = []
+    block_m = min(max(16, next_pow2(m)), 64)
+    shapes = [
+        (block_m, 64, 64, 4, 3, False),
+        (block_m, 128, 64, 4, 3, False),
+        (block_m, 128, 32, 8, 4, False),
+        (block_m, 64, 64, 4, 3, True),
+        (block_m, 128, 64, 4, 3, True),
+    ]
+    if m > FUSED_MAX_M:
+        shapes = [*shapes[1:2], *shapes[3:], (128, 128, 64, 8, 3, True)]
+    for block_m, block_n, block_k, warps, stages, reshape in shapes:
+        block_k = _block_k(block_k, group_size)
+        tiles = -(-n // block_n) * -(-m // block_m)
+        split = _split(tiles, -(-k // block_k), 2 * sms) if m <= FUSED_MAX_M else 1
+        out.append(KernelConfig(block_m, block_n, block_k, warps, stages, split, True, reshape))
+    if m > FUSED_MAX_M:
+        out.append(KernelConfig(64, 64, 64, 4, 2, 1, dequant=True))
+        out.append(KernelConfig(64, 128, 64, 4, 2, 1, reshape=True, dequant=True))
+    return out
+
+
 def candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[KernelConfig]:
-    """A small pruned config space for an (M, N, K) problem; the first is the default."""
+    """A small pruned config space for an (M, N, K) problem; the first is the default.
+
+    GEMV configs for M <= 8, tl.dot configs for M >= 2 (so M = 2..8 may pick either), and the
+    dequant + matmul path for M > FUSED_MAX_M; the timing decides.
+    """
     out: list[KernelConfig] = []
     if m <= GEMV_MAX_M:
-        block_m = next_pow2(m)
-        shapes = [
-            (64, 128, 4, False),
-            (128, 64, 4, False),
-            (64, 128, 4, True),
-            (32, 256, 4, False),
-            (128, 128, 8, False),
-            (256, 64, 8, True),
-        ]
-        for block_n, block_k, warps, reshape in shapes:
-            block_k = _block_k(block_k, group_size)
-            while block_m * block_n * block_k > MAX_TILE_ELEMENTS and block_k > 32:
-                block_k //= 2
-            while block_m * block_n * block_k > MAX_TILE_ELEMENTS and block_n > 32:
-                block_n //= 2
-            for waves in (4, 8):
-                split = _split(-(-n // block_n), -(-k // block_k), waves * sms)
-                out.append(KernelConfig(block_m, block_n, block_k, warps, 2, split, False, reshape))
-    else:
-        block_m = min(max(16, next_pow2(m)), 64)
-        shapes = [(block_m, 64, 64, 4, 3), (block_m, 128, 64, 4, 3), (block_m, 128, 32, 8, 4)]
-        if m > FUSED_MAX_M:
-            shapes.append((128, 128, 64, 8, 3))
-        for block_m, block_n, block_k, warps, stages in shapes:
-            block_k = _block_k(block_k, group_size)
-            tiles = -(-n // block_n) * -(-m // block_m)
-            split = _split(tiles, -(-k // block_k), 2 * sms) if m <= FUSED_MAX_M else 1
-            out.append(KernelConfig(block_m, block_n, block_k, warps, stages, split, True))
-        if m > FUSED_MAX_M:
-            out.append(KernelConfig(64, 64, 64, 4, 2, 1, dequant=True))
+        out += _gemv_candidates(m, n, k, group_size, sms)
+    if m >= 2:
+        out += _gemm_candidates(m, n, k, group_size, sms)
     return list(dict.fromkeys(out))
 
 

@@ -1,6 +1,7 @@
 """One Triton kernel family for ``x @ W`` with W in the bit-plane layout, every width a constexpr.
 
-- GEMV mode (``USE_DOT=False``, M <= 8): broadcast-multiply and reduce over K in fp32.
+- GEMV mode (``USE_DOT=False``, M <= 8): broadcast-multiply and reduce over K in fp32, per
+  tile, or (``ACC3``) accumulate the per-element products and reduce over K once at the end.
 - GEMM mode (``USE_DOT=True``, M >= 16 rows per tile): ``tl.dot`` on tensor cores.
 
 Both split K over ``grid[1]`` programs. Each writes an fp32 partial tile; the last program to
@@ -10,7 +11,8 @@ and writes the output, so split-K costs no extra launch and no zero-filled buffe
 When a K tile lies inside one group (``group_size % BLOCK_K == 0``) the scale is applied once
 per group and the zero is folded into a bias term: ``sum_k x (c - z) s = s (sum_k x c - z sum_k
 x)``. Otherwise (groups smaller than a tile, ragged groups) every code is dequantized with the
-scale and zero of its own group.
+scale and zero of its own group. Codes are unpacked either by one load per code
+(``RESHAPE=False``) or by loading each word once and shifting it out (``RESHAPE=True``).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def _qmm_kernel(
     W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     USE_DOT: tl.constexpr, GROUP_ALIGNED: tl.constexpr, RESHAPE: tl.constexpr,
-    SPLIT: tl.constexpr, IEEE: tl.constexpr,
+    ACC3: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -104,6 +106,8 @@ def _qmm_kernel(
     m_mask = offs_m < M
     n_mask = offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ACC3:  # GEMV: per-element products accumulated, reduced over K once at the end
+        acc3 = tl.zeros((BLOCK_M, BLOCK_K, BLOCK_N), dtype=tl.float32)
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_k_tiles)
     for t in range(t_start, t_end):
@@ -119,10 +123,18 @@ def _qmm_kernel(
             p0, p1, p2, offs_k, k0, offs_n, n_mask, N, K_PAD, W0, W1, W2, BLOCK_K, BLOCK_N,
             RESHAPE,
         )  # fmt: skip
-        if GROUP_ALIGNED:
+        if GROUP_ALIGNED:  # one scale and zero per column for the whole tile: (1, BLOCK_N)
             g = k0 // group_size
-            s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            z = tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        else:  # the group of every row: (BLOCK_K, BLOCK_N)
+            sz_mask = k_mask[:, None] & n_mask[None, :]
+            sz_offs = (offs_k // group_size)[:, None] * N + offs_n[None, :]
+            s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+        if ACC3:
+            acc3 += x.to(tl.float32)[:, :, None] * ((codes.to(tl.float32) - z) * s)[None, :, :]
+        elif GROUP_ALIGNED:  # scale once per group, zero folded: s * (sum x c - z * sum x)
             if USE_DOT:
                 if IEEE:
                     xc = tl.dot(x, codes.to(x.dtype), input_precision="ieee")
@@ -131,13 +143,8 @@ def _qmm_kernel(
             else:
                 xc = tl.sum(x.to(tl.float32)[:, :, None] * codes.to(tl.float32)[None, :, :], 1)
             xs = tl.sum(x.to(tl.float32), 1)
-            acc += (xc - xs[:, None] * z[None, :]) * s[None, :]
+            acc += (xc - xs[:, None] * z) * s
         else:
-            groups = offs_k // group_size
-            sz_mask = k_mask[:, None] & n_mask[None, :]
-            sz_offs = groups[:, None] * N + offs_n[None, :]
-            s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
             w = (codes.to(tl.float32) - z) * s
             if USE_DOT:
                 if IEEE:
@@ -146,6 +153,8 @@ def _qmm_kernel(
                     acc += tl.dot(x, w.to(x.dtype))
             else:
                 acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], 1)
+    if ACC3:
+        acc = tl.sum(acc3, 1)
     _store_output(acc, out_ptr, part_ptr, lock_ptr, offs_m, offs_n, M, N, stride_om,
                   BLOCK_M, BLOCK_N, SPLIT)  # fmt: skip
 
@@ -227,7 +236,8 @@ def launch_fused(
         W0=widths[0], W1=widths[1], W2=widths[2],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         USE_DOT=config.use_dot, GROUP_ALIGNED=group_size % config.block_k == 0,
-        RESHAPE=config.reshape, SPLIT=split > 1, IEEE=x2d.dtype == torch.float32,
+        RESHAPE=config.reshape, ACC3=config.acc3 and not config.use_dot, SPLIT=split > 1,
+        IEEE=x2d.dtype == torch.float32,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out
