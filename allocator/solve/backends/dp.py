@@ -26,7 +26,7 @@ from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS, check_supported
 
 MAX_CELLS = 100_000_000
-INTEGER_RTOL = 1e-9
+INTEGER_ATOL = 1e-6  # costs are bit counts: integers are exact in float64
 
 
 def integer_offsets(problem: Problem, resolution: float | None) -> tuple[np.ndarray, float, bool]:
@@ -38,7 +38,7 @@ def integer_offsets(problem: Problem, resolution: float | None) -> tuple[np.ndar
     offset = np.where(problem.valid, problem.cost - base, 0.0)
     if resolution is None:
         rounded = np.round(offset)
-        if not np.allclose(offset, rounded, rtol=INTEGER_RTOL, atol=1e-9):
+        if np.abs(offset - rounded).max() > INTEGER_ATOL:
             raise UnsupportedError(
                 "solver 'dp' needs integer costs (bits) or a resolution; these costs are not "
                 "integers: pass DPBackend(resolution=...) or use solver 'mckp' or 'ilp'"
@@ -49,7 +49,7 @@ def integer_offsets(problem: Problem, resolution: float | None) -> tuple[np.ndar
     if resolution <= 0:
         raise UnsupportedError(f"dp resolution must be positive, got {resolution}")
     scaled = offset / resolution
-    exact = bool(np.allclose(scaled, np.round(scaled), rtol=INTEGER_RTOL, atol=1e-9))
+    exact = bool(np.abs(scaled - np.round(scaled)).max() <= INTEGER_ATOL)
     cells = np.round(scaled) if exact else np.ceil(scaled - 1e-12)
     return np.where(problem.valid, cells.astype(np.int64), -1), resolution, exact
 
