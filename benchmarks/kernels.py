@@ -116,10 +116,23 @@ def check_job(job: tuple[int, int, str, list[int], tuple[int, int]]) -> list[dic
                 ref = x.double() @ weight
                 out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
                 cfg = dataclasses.replace(config, split_k=split)
-                if cfg.dequant:
-                    out = dequant_matmul(x, planes, scales, zeros, bits, group, k, cfg)
-                else:
-                    launch_fused(x, planes, scales, zeros, bits, group, k, cfg, out=out)
+                try:
+                    if cfg.dequant:
+                        out = dequant_matmul(x, planes, scales, zeros, bits, group, k, cfg)
+                    else:
+                        launch_fused(x, planes, scales, zeros, bits, group, k, cfg, out=out)
+                except Exception as exc:  # a config that does not build: reported, not fatal
+                    rows.append(
+                        {
+                            "bits": bits,
+                            "group": group,
+                            "dtype": dtype_name,
+                            "m": m,
+                            "config": str(cfg),
+                            "error": f"{type(exc).__name__}: {exc}"[:200],
+                        }
+                    )
+                    continue
                 err = ((out.double() - ref).norm() / ref.norm()).item()
                 rows.append(
                     {
@@ -315,7 +328,8 @@ def markdown(env: dict, bandwidth: float, checks: dict, capture: dict, rows: lis
         "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
         f"Measured device-to-device copy bandwidth: {bandwidth:.0f} GB/s (read + write).",
         f"Correctness: {checks['n']} checks, max rel err fp16 {checks['max_fp16']:.2e}, "
-        f"failures {checks['failures']}. Capture: {capture}",
+        f"failures {checks['failures']}, configs that did not build "
+        f"{checks.get('build_errors', 0)}. Capture: {capture}",
         "",
         "Times: GPU time per call from CUDA-graph replays of calls on rotating copies of the "
         "weights (3x L2, so every call reads DRAM), median of 5 replays; the same for fp16 "
@@ -363,16 +377,20 @@ def _short(config: str) -> str:
 
 
 def summarize_checks(rows: list[dict]) -> dict:
-    failures = [r for r in rows if r["nan"] or not r["rel_err"] < tolerance(r["dtype"])]
-    fp16 = [r["rel_err"] for r in rows if r["dtype"] == "float16"]
+    """Failures are wrong or unwritten outputs; configs that did not build are counted apart."""
+    errors = [r for r in rows if "error" in r]
+    ran = [r for r in rows if "error" not in r]
+    failures = [r for r in ran if r["nan"] or not r["rel_err"] < tolerance(r["dtype"])]
+    fp16 = [r["rel_err"] for r in ran if r["dtype"] == "float16"]
     return {
-        "n": len(rows),
+        "n": len(ran),
         "failures": len(failures),
         "failed": failures[:20],
+        "build_errors": len(errors),
+        "build_errored": errors[:10],
         "max_fp16": max(fp16) if fp16 else float("nan"),
         "max_by_dtype": {
-            d: max(r["rel_err"] for r in rows if r["dtype"] == d)
-            for d in {r["dtype"] for r in rows}
+            d: max(r["rel_err"] for r in ran if r["dtype"] == d) for d in {r["dtype"] for r in ran}
         },
     }
 

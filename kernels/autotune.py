@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,6 +191,14 @@ def gpu_time_ms(calls: list[Callable[[], object]], replays: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _build_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a config that cannot be compiled or launched on this GPU."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    return (CompilationError, OutOfResources, RuntimeError)
+
+
 def choose_config(
     x2d: torch.Tensor,
     planes: list[torch.Tensor],
@@ -222,8 +231,13 @@ def choose_config(
                 )
                 for c in copies
             ]
-            timings[config] = gpu_time_ms(calls)
+            try:
+                timings[config] = gpu_time_ms(calls)
+            except _build_errors() as exc:  # a config this GPU cannot build is skipped
+                warnings.warn(f"kernel config {config} skipped: {exc}", stacklevel=2)
         del copies
+        if not timings:
+            raise RuntimeError(f"no kernel config could run for {key}")
         best = min(timings, key=timings.__getitem__)
     _CACHE[key] = best
     _save_disk()
