@@ -41,6 +41,7 @@ class TargetRules:
     bits: frozenset[int]
     groups: Mapping[int, frozenset[int | None] | str] = field(default_factory=dict)
     symmetric: bool | None = None  # None: either; True: symmetric only; False: zero point only
+    symmetric_bits: frozenset[int] = frozenset()  # widths that must be symmetric
     sparsity: frozenset[str] = frozenset({"none"})  # "none", "2:4", "unstructured"
     allow_fp16: bool = True
     tie_presets: tuple[str, ...] = ()
@@ -65,6 +66,10 @@ class TargetRules:
             return "asymmetric (zero point) not supported; use a -sym option"
         if self.symmetric is False and option.symmetric:
             return "symmetric not supported (always stores a zero point)"
+        if option.bits in self.symmetric_bits and not option.symmetric:
+            return (
+                f"{option.bits}-bit must be symmetric (vLLM serves GPTQ-format W8 symmetric only)"
+            )
         pattern = sparsity_kind(option)
         if pattern not in self.sparsity:
             return f"sparsity {pattern} not supported (allowed: {sorted(self.sparsity)})"
@@ -85,6 +90,7 @@ TARGETS: dict[str, TargetRules] = {
         "gptqmodel",
         bits=frozenset({2, 3, 4, 8}),
         groups={0: frozenset({None, 16, 32, 64, 128})},
+        symmetric_bits=frozenset({8}),
         tie_presets=("qkv", "gate_up"),
         why="GPTQModel QuantizeConfig bits choices [2,3,4,8]; " + _VLLM_WHY,
     ),
@@ -92,6 +98,7 @@ TARGETS: dict[str, TargetRules] = {
         "autoround",
         bits=frozenset({2, 3, 4, 8}),
         groups={0: _GROUPS_STD},
+        symmetric_bits=frozenset({8}),
         tie_presets=("qkv", "gate_up"),
         why="AutoRound's auto_round/auto_gptq formats pack 2/3/4/8 bits; " + _VLLM_WHY,
     ),

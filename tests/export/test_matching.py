@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from allocator.export import export_plan
 from allocator.export.autoround import option_fields as autoround_fields
@@ -220,19 +221,32 @@ def test_torchao_fqn_to_config_matches_exactly(target_plans, module_names):
             assert data["mapping_type"]["_data"] == sym
 
 
-# ------------------------------- ModelOpt (fnmatch on quantizer names, default first, last wins)
-def test_modelopt_quant_cfg_matches_exactly(target_plans, linear_names):
+# ------------------------------- ModelOpt (fnmatch on quantizer names, in order, last wins)
+def modelopt_entries(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(pattern, attributes) in application order, from the list or the legacy dict format."""
+    quant_cfg = yaml.safe_load(text)["quant_cfg"]
+    if isinstance(quant_cfg, dict):  # legacy: "default" first, then keys in order
+        first = [("*", quant_cfg["default"])]
+        return first + [(k, v) for k, v in quant_cfg.items() if k != "default"]
+    out = []
+    for entry in quant_cfg:
+        attrs = dict(entry.get("cfg") or {})
+        if "enable" in entry:
+            attrs["enable"] = entry["enable"]
+        elif "cfg" in entry:
+            attrs["enable"] = True
+        out.append((entry["quantizer_name"], attrs))
+    return out
+
+
+@pytest.mark.parametrize("suffix", ["", ".legacy.yaml"])
+def test_modelopt_quant_cfg_matches_exactly(suffix, target_plans, linear_names):
     plan = target_plans["modelopt"]
-    quant_cfg = export_plan(plan, "modelopt").config["quant_cfg"]
-    quantizers = [
-        f"{n}.{q}"
-        for n in linear_names
-        for q in ("weight_quantizer", "input_quantizer", "output_quantizer")
-    ]
-    state = {q: dict(quant_cfg["default"]) for q in quantizers}
-    for pattern, attrs in quant_cfg.items():
-        if pattern == "default":
-            continue
+    entries = modelopt_entries(export_plan(plan, "modelopt").files[suffix])
+    kinds = ("weight_quantizer", "input_quantizer", "output_quantizer")
+    quantizers = [f"{n}.{q}" for n in linear_names for q in kinds]
+    state: dict[str, dict[str, Any]] = {q: {} for q in quantizers}
+    for pattern, attrs in entries:
         for q in quantizers:
             if fnmatch.fnmatch(q, pattern):
                 state[q].update(attrs)

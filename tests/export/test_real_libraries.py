@@ -76,3 +76,76 @@ def test_torchao_loads_and_matches(target_plans, module_names):
                 assert isinstance(sub.granularity, PerGroup)
                 assert sub.granularity.group_size == option.group_size
             assert sub.mapping_type.name == ("SYMMETRIC" if option.symmetric else "ASYMMETRIC")
+
+
+def test_autoround_set_layer_config(target_plans, model):
+    """AutoRound's own resolver expands our layer_config to exactly the planned settings."""
+    torch = pytest.importorskip("torch")
+    utils = pytest.importorskip("auto_round.compressors.utils")
+    from auto_round.utils.common import INNER_SUPPORTED_LAYER_TYPES, SUPPORTED_LAYER_TYPES
+
+    plan = target_plans["autoround"]
+    config = export_plan(plan, "autoround").config
+    resolved = utils.set_layer_config(
+        model,
+        config["layer_config"],
+        "W4A16",
+        torch.float16,
+        SUPPORTED_LAYER_TYPES,
+        INNER_SUPPORTED_LAYER_TYPES,
+    )[0]
+    assert set(resolved) == {a.unit for a in plan.assignments}  # lm_head, embeddings untouched
+    for a in plan.assignments:
+        got = resolved[a.unit]
+        if a.option.is_fp16:
+            assert got["bits"] == 16 and got["data_type"] == "float", a.unit
+            continue
+        group = -1 if a.option.group_size is None else a.option.group_size
+        assert (got["bits"], got["group_size"], got["sym"]) == (
+            a.option.bits,
+            group,
+            a.option.symmetric,
+        )
+
+
+@pytest.mark.parametrize("suffix", ["", ".legacy.yaml"])
+def test_modelopt_quantize_on_cpu(suffix):
+    """mtq.quantize with our quant_cfg enables exactly the planned weight quantizers."""
+    torch = pytest.importorskip("torch")
+    mtq = pytest.importorskip("modelopt.torch.quantization")
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from allocator.models.units import find_units
+
+    from .conftest import random_plan
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(config)
+    plan = random_plan(find_units(tiny), "modelopt", seed=5)
+    quant = yaml.safe_load(export_plan(plan, "modelopt").files[suffix])
+    tokens = torch.randint(0, 256, (1, 16))
+    mtq.quantize(tiny, quant, forward_loop=lambda m: m(tokens))
+    options = plan.options_by_unit()
+    enabled = {}
+    for name, module in tiny.named_modules():
+        if name.endswith("_quantizer") and module.is_enabled:
+            enabled[name] = module
+    want = {f"{u}.weight_quantizer" for u, o in options.items() if not o.is_fp16}
+    assert set(enabled) == want
+    for name, quantizer in enabled.items():
+        option = options[name.removesuffix(".weight_quantizer")]
+        assert quantizer.num_bits == option.bits
+        if option.group_size is None:
+            assert quantizer.axis == 0 and not quantizer.block_sizes
+        else:
+            assert quantizer.block_sizes[-1] == option.group_size
