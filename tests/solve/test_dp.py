@@ -101,3 +101,18 @@ def test_time_limit_falls_back_to_relaxation() -> None:
     assert solution.status == "time_limit"
     assert problem.is_feasible(solution.choice)
     assert solution.lower_bound <= solution.objective
+
+
+@pytest.mark.parametrize("name", ["lagrange", "mckp", "dp", "equal_loss"])
+def test_empty_and_single_option_problems(name: str) -> None:
+    from allocator.solve import backends
+    from allocator.solve.registry import BACKENDS
+
+    backends.load_all()
+    backend = BACKENDS.get(name)
+    empty = Problem(np.zeros((0, 3)), np.zeros((0, 3)), np.ones((0, 3), bool), 10.0)
+    solution = backend().solve(empty)
+    assert solution.choice.shape == (0,) and solution.objective == 0.0
+    single = Problem(np.array([[8.0], [16.0]]), np.array([[1.0], [2.0]]), np.ones((2, 1), bool), 24)
+    solution = backend().solve(single)
+    assert list(solution.choice) == [0, 0] and solution.objective == pytest.approx(3.0)

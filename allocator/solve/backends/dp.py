@@ -38,7 +38,7 @@ def integer_offsets(problem: Problem, resolution: float | None) -> tuple[np.ndar
     offset = np.where(problem.valid, problem.cost - base, 0.0)
     if resolution is None:
         rounded = np.round(offset)
-        if np.abs(offset - rounded).max() > INTEGER_ATOL:
+        if np.abs(offset - rounded).max(initial=0.0) > INTEGER_ATOL:
             raise UnsupportedError(
                 "solver 'dp' needs integer costs (bits) or a resolution; these costs are not "
                 "integers: pass DPBackend(resolution=...) or use solver 'mckp' or 'ilp'"
@@ -49,7 +49,7 @@ def integer_offsets(problem: Problem, resolution: float | None) -> tuple[np.ndar
     if resolution <= 0:
         raise UnsupportedError(f"dp resolution must be positive, got {resolution}")
     scaled = offset / resolution
-    exact = bool(np.abs(scaled - np.round(scaled)).max() <= INTEGER_ATOL)
+    exact = bool(np.abs(scaled - np.round(scaled)).max(initial=0.0) <= INTEGER_ATOL)
     cells = np.round(scaled) if exact else np.ceil(scaled - 1e-12)
     return np.where(problem.valid, cells.astype(np.int64), -1), resolution, exact
 

@@ -139,7 +139,10 @@ class EqualLossBackend:
             )
         high = np.where(problem.valid, problem.cost, -np.inf).max(axis=1)
         intercept, slope = fit_exponential(problem)
-        target, log_mu = continuous_costs(intercept, slope, low, high, problem.budget)
+        if problem.n_units == 0:
+            target, log_mu = np.zeros(0), -np.inf
+        else:
+            target, log_mu = continuous_costs(intercept, slope, low, high, problem.budget)
         choice = _upgrade(problem, _round_down(problem, target))
         objective = problem.evaluate(choice)[0]
         mu = float(np.exp(log_mu))

@@ -214,6 +214,10 @@ def _greedy_fill(
 def relax(problem: Problem, threads: int = THREADS) -> Relaxation:
     """Solve the Lagrangian relaxation and repair it into a feasible integer choice."""
     n_units, k = problem.cost.shape
+    if n_units == 0:
+        if problem.budget < 0:
+            raise _infeasible(problem.budget, 0.0)
+        return Relaxation(np.zeros(0, dtype=np.int64), 0.0, 0.0, 0.0, 0.0)
     per_unit = max(k - 1, 1)
     scan = _bracketed_scan(problem, threads)
     slack = problem.budget - scan.base_cost
