@@ -427,28 +427,71 @@ def main() -> int:
     print(f"checks: {json.dumps(checks)[:2000]} ({time.time() - start:.0f}s)", flush=True)
     capture = check_capture("cuda")
     print(f"capture: {capture}", flush=True)
+    from kernels_sparse import check_sparse, time_sparse
+
+    sparse_checks = summarize_checks(_guard(check_sparse))
+    print(f"2:4 checks: {json.dumps(sparse_checks)[:1000]}", flush=True)
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth:.0f} GB/s", flush=True)
     if args.quick:
-        shapes, ms, bits, groups = [(4096, 14336)], [1, 16, 128], BITS, [128]
+        shapes, ms, bits, groups = [(4096, 14336)], [1, 8, 16, 128], BITS, [128]
     else:
         shapes, ms, bits, groups = SHAPES, MS, BITS, GROUPS
     rows = []
     for shape in shapes:
         shape_ms = [m for m in ms if shape != (8192, 28672) or m <= args.max_m_large]
         rows += time_cases([shape], shape_ms, bits, groups, bandwidth, out_dir)
+    sparse_rows = _guard(lambda: time_sparse(shapes, bandwidth))
     report = {
         "env": env,
         "bandwidth_gbps": bandwidth,
         "checks": checks,
         "capture": capture,
         "rows": rows,
+        "sparse24_checks": sparse_checks,
+        "sparse24_rows": sparse_rows,
         "seconds": time.time() - start,
     }
     (out_dir / "kernels.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "kernels.md").write_text(markdown(env, bandwidth, checks, capture, rows))
-    print(markdown(env, bandwidth, checks, capture, rows[-60:]), flush=True)
-    return 1 if checks["failures"] else 0
+    text = markdown(env, bandwidth, checks, capture, rows) + sparse_markdown(
+        sparse_checks, sparse_rows
+    )
+    (out_dir / "kernels.md").write_text(text)
+    print(text[-6000:], flush=True)
+    failed = checks["failures"] + sparse_checks["failures"] + sparse_checks["build_errors"]
+    return 1 if failed else 0
+
+
+def _guard(fn) -> list[dict]:
+    """Run a benchmark part; a crash becomes one error row instead of ending the run."""
+    try:
+        return fn()
+    except Exception as exc:
+        print(f"{fn}: {type(exc).__name__}: {exc}", flush=True)
+        return [{"config": "sparse24", "error": f"{type(exc).__name__}: {exc}"[:300],
+                 "bits": 0, "group": 0, "dtype": "float16", "m": 0}]  # fmt: skip
+
+
+def sparse_markdown(checks: dict, rows: list[dict]) -> str:
+    lines = [
+        "",
+        "## 2:4 sparse, 4-bit g128",
+        "",
+        f"Correctness: {checks['n']} checks, max rel err {checks['max_fp16']:.2e}, failures "
+        f"{checks['failures']}, errors {checks['build_errors']}.",
+        "",
+        "| K x N | M | ours (us) | fp16 (us) | speedup | GB/s | % bw |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| error: {r['error']} |||||||")
+            continue
+        lines.append(
+            f"| {r['k']}x{r['n']} | {r['m']} | {r['ours_us']:.1f} | {r['fp16_us']:.1f} | "
+            f"{r['speedup']:.2f} | {r['gbps']:.0f} | {r['pct_bw']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
