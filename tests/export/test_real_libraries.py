@@ -149,3 +149,30 @@ def test_modelopt_quantize_on_cpu(suffix):
             assert quantizer.axis == 0 and not quantizer.block_sizes
         else:
             assert quantizer.block_sizes[-1] == option.group_size
+
+
+def test_hqq_config_through_transformers(target_plans):
+    """transformers' HqqConfig loads the export and prepare_for_hqq_linear tags exactly the plan."""
+    pytest.importorskip("hqq")
+    import json
+
+    from torch import nn
+    from transformers import HqqConfig
+    from transformers.integrations.hqq import prepare_for_hqq_linear
+
+    from .conftest import smollm2_model
+
+    plan = target_plans["hqq"]
+    config = HqqConfig(**json.loads(export_plan(plan, "hqq").files[""]))
+    model = prepare_for_hqq_linear(smollm2_model(), quantization_config=config)
+    options = plan.options_by_unit()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        got = getattr(module, "quant_config", None)
+        option = options.get(name)
+        if option is None or option.is_fp16:
+            assert got is None, name
+        else:
+            params = got["weight_quant_params"]
+            assert (params["nbits"], params["group_size"]) == (option.bits, option.group_size)
