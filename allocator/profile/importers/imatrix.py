@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from allocator.errors import InputError
 from allocator.export.names import gguf_to_hf
+from allocator.schema.unit import Unit
 
 
 @dataclass
@@ -38,6 +40,27 @@ class Imatrix:
     chunk_count: int | None = None
     datasets: list[str] = field(default_factory=list)
     source_format: str = "gguf"
+
+    def for_units(self, units: Iterable[Unit]) -> dict[str, np.ndarray]:
+        """Weights of the given units, checked against their input size.
+
+        Raises InputError naming the unit when the imatrix has no entry for it or when its
+        length differs from the unit's ``in_features`` (an imatrix of another model).
+        """
+        out = {}
+        for unit in units:
+            values = self.weights.get(unit.name)
+            if values is None:
+                raise InputError(
+                    f"imatrix has no entry for unit {unit.name!r}; was it computed on this model?"
+                )
+            if unit.in_features is not None and values.shape[-1] != unit.in_features:
+                raise InputError(
+                    f"imatrix entry for {unit.name!r} has {values.shape[-1]} columns but the unit "
+                    f"has {unit.in_features} inputs; the imatrix belongs to another model"
+                )
+            out[unit.name] = values
+        return out
 
 
 def read_imatrix(path: str | os.PathLike[str], model_type: str = "llama") -> Imatrix:

@@ -97,3 +97,17 @@ def test_bad_files(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(InputError, match="truncated"):
         read_imatrix(path)
+
+
+def test_for_units_checks_sizes(tmp_path):
+    from allocator.schema import Unit
+
+    path = tmp_path / "imatrix.dat"
+    write_legacy_imatrix(path, ACTS)
+    im = read_imatrix(path)
+    good = Unit(name="model.layers.0.mlp.down_proj", shape=(576, 1536))
+    assert im.for_units([good])[good.name].shape == (1536,)
+    with pytest.raises(InputError, match="another model"):
+        im.for_units([Unit(name="model.layers.0.self_attn.q_proj", shape=(576, 960))])
+    with pytest.raises(InputError, match="no entry"):
+        im.for_units([Unit(name="model.layers.7.mlp.up_proj", shape=(1536, 576))])
