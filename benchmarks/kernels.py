@@ -47,6 +47,13 @@ def environment() -> dict[str, str]:
         "triton": triton.__version__,
         "cuda": str(torch.version.cuda),
     }
+    try:
+        import gemlite
+
+        version = getattr(gemlite, "__version__", "?")
+        info["gemlite"] = f"{version} installed, not benchmarked by this script"
+    except ImportError:
+        info["gemlite"] = "not installed"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, sms=str(props.multi_processor_count))

@@ -198,7 +198,12 @@ def _store_output(
 
 
 def _locks(device: torch.device, count: int) -> torch.Tensor:
-    """Zeroed int32 tile counters, kept per device (every use resets what it touched)."""
+    """Zeroed int32 tile counters, kept per device (every use resets what it touched).
+
+    Launches on one stream are serialized, so they can share them; two split-K launches running
+    concurrently on different streams of one device could not. Allocated on first use: run the
+    op once before capturing it in a CUDA graph.
+    """
     locks = _LOCKS.get(device)
     if locks is None or locks.numel() < count:
         locks = torch.zeros(max(count, 4096), dtype=torch.int32, device=device)
