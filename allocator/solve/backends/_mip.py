@@ -8,15 +8,15 @@ Columns: ``x[i, j]`` for every valid cell (row-major), then ``y[o]`` per distinc
 - ``sum resource_r * x / scale_r <= limit_r / scale_r`` (R rows);
 - with a distinct cap: ``x[i, j] - y[option(i, j)] <= 0`` per cell and ``sum y <= K``.
 
-Cost and resource rows are scaled to O(1) coefficients and the objective by the largest loss, so
-solver tolerances mean the same thing on any model size. Built with numpy only, no Python loop
-per variable.
+Cost and resource rows are scaled to O(1) coefficients and the objective so its largest
+coefficient is ``OBJECTIVE_TOP``, so solver tolerances mean the same thing on any model size.
+Built with numpy only, no Python loop per variable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from allocator.solve.problem import Problem, Solution
 # Right-hand-side margins tried in turn: a solver may return a point that meets a row only within
 # its feasibility tolerance; then the row is tightened by the next margin and solved again.
 RHS_MARGINS = (0.0, 1e-8, 1e-6)
+OBJECTIVE_TOP = 1e6
 
 
 @dataclass
@@ -41,6 +42,7 @@ class MipModel:
     cell_rows: np.ndarray  # unit index of each x column
     cell_cols: np.ndarray  # option column of each x column
     objective_scale: float
+    objective_offset: float  # true loss = objective value * objective_scale + objective_offset
 
     @property
     def n_rows(self) -> int:
@@ -56,6 +58,42 @@ class MipModel:
         counts = np.bincount(self.cols, minlength=self.n_cols)
         start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
         return start, self.rows[order].astype(np.int32), self.values[order]
+
+    def restrict(self, keep: np.ndarray) -> MipModel:
+        """The same rows over only the columns where ``keep`` (the others fixed to 0)."""
+        new_index = np.cumsum(keep) - 1
+        nz = keep[self.cols]
+        cells = keep[: self.n_cells]
+        return MipModel(
+            objective=self.objective[keep],
+            rows=self.rows[nz],
+            cols=new_index[self.cols[nz]],
+            values=self.values[nz],
+            row_lower=self.row_lower,
+            row_upper=self.row_upper,
+            n_cols=int(keep.sum()),
+            cell_rows=self.cell_rows[cells],
+            cell_cols=self.cell_cols[cells],
+            objective_scale=self.objective_scale,
+            objective_offset=self.objective_offset,
+        )
+
+    def rebase(self, incumbent: np.ndarray) -> MipModel:
+        """The same model with each unit's objective measured from its cell in ``incumbent``.
+
+        Objective values near the optimum then sit near 0, where solvers' relative tolerances
+        cannot hide real differences; the constant moves into ``objective_offset``.
+        """
+        x = incumbent[: self.n_cells] > 0.5
+        reference = np.zeros(int(self.cell_rows.max()) + 1)
+        reference[self.cell_rows[x]] = self.objective[: self.n_cells][x]
+        objective = self.objective.copy()
+        objective[: self.n_cells] -= reference[self.cell_rows]
+        return replace(
+            self,
+            objective=objective,
+            objective_offset=self.objective_offset + float(reference.sum()) * self.objective_scale,
+        )
 
     def choice(self, x: np.ndarray, problem: Problem) -> np.ndarray:
         """Per-unit column from a (near-)binary x vector: its largest entry (lowest column on ties)."""
@@ -77,8 +115,12 @@ def build_mip(problem: Problem, rhs_safety: float = 0.0) -> MipModel:
     cell_rows, cell_cols = np.nonzero(problem.valid)
     v = len(cell_rows)
     cells = np.arange(v)
-    loss = problem.loss[cell_rows, cell_cols]
-    objective_scale = float(np.abs(loss).max()) or 1.0
+    # one option per unit, so each unit's smallest loss is a constant: the objective keeps only
+    # the excess over it (solvers' relative tolerances then apply to what the choice changes),
+    # scaled so the largest excess is OBJECTIVE_TOP (HiGHS prunes with absolute tolerances)
+    row_min = np.where(problem.valid, problem.loss, np.inf).min(axis=1)
+    loss = problem.loss[cell_rows, cell_cols] - row_min[cell_rows]
+    objective_scale = (float(np.abs(loss).max()) or 1.0) / OBJECTIVE_TOP
     rows = [cell_rows]
     cols = [cells]
     vals = [np.ones(v)]
@@ -132,6 +174,7 @@ def build_mip(problem: Problem, rhs_safety: float = 0.0) -> MipModel:
         cell_rows=cell_rows,
         cell_cols=cell_cols,
         objective_scale=objective_scale,
+        objective_offset=float(row_min.sum()),
     )
 
 
@@ -150,3 +193,62 @@ def solve_with_margins(problem: Problem, attempt: Callable[[MipModel], Solution]
             return solution
         solution = attempt(build_mip(problem, rhs_safety=margin))
     return solution
+
+
+def _usage(problem: Problem, choice: np.ndarray) -> np.ndarray:
+    """Used fraction of each capacity (budget first, then resources) under ``choice``."""
+    _, cost, res = problem.evaluate(choice)
+    limits = [problem.budget] + (
+        [] if problem.resource_limits is None else list(problem.resource_limits)
+    )
+    return np.array([cost, *res]) / np.maximum(np.array(limits), 1e-300)
+
+
+def _rows(problem: Problem) -> np.ndarray:
+    """(1 + R, N, K) cost and resources, each scaled by its limit."""
+    valid_cost = np.where(problem.valid, problem.cost, 0.0)  # inf / inf budget would be nan
+    stack = [valid_cost / max(problem.budget, 1e-300)]
+    if problem.resources is not None and problem.resource_limits is not None:
+        stack += [
+            problem.resources[r] / max(lim, 1e-300) for r, lim in enumerate(problem.resource_limits)
+        ]
+    return np.where(problem.valid[None], np.stack(stack), np.inf)
+
+
+def round_relaxed(problem: Problem, x: np.ndarray, max_upgrades: int | None = None) -> np.ndarray:
+    """Round a fractional (N, K) solution: cheapest supported option, repair, then upgrade
+    (at most ``max_upgrades`` single-unit upgrades; default 4 N)."""
+    scaled = _rows(problem)
+    weight = scaled.max(axis=0)  # the scarcest capacity each option uses
+    support = (x > 1e-7) & problem.valid
+    choice = np.where(support, weight, np.inf).argmin(axis=1)
+    rows = np.arange(problem.n_units)
+    for _ in range(4 * problem.n_units):  # repair: cheapest loss increase per violation removed
+        over = _usage(problem, choice) - 1.0
+        if (over <= 1e-12).all():
+            break
+        worst = int(over.argmax())
+        saving = scaled[worst, rows, choice][:, None] - scaled[worst]
+        extra = problem.loss - problem.loss[rows, choice][:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.where(
+                saving > 0, np.maximum(extra, 0) / np.where(saving > 0, saving, 1), np.inf
+            )
+        if not np.isfinite(score).any():
+            break
+        unit, col = np.unravel_index(np.argmin(score), score.shape)
+        choice[unit] = col
+    upgrades = 4 * problem.n_units if max_upgrades is None else max_upgrades
+    for _ in range(upgrades):  # upgrade: best loss decrease per capacity used
+        slack = 1.0 - _usage(problem, choice)
+        delta = scaled - scaled[:, rows, choice][:, :, None]
+        fits = (delta <= slack[:, None, None] + 1e-15).all(axis=0) & problem.valid
+        gain = problem.loss[rows, choice][:, None] - problem.loss
+        use = np.maximum(delta.max(axis=0), 1e-15)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.where(fits & (gain > 0), gain / use, -np.inf)
+        if not np.isfinite(score).any():
+            break
+        unit, col = np.unravel_index(np.argmax(score), score.shape)
+        choice[unit] = col
+    return choice

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from allocator.errors import UnsupportedError
-from allocator.solve.backends._mip import MipModel, build_mip, proven_bound, solve_with_margins
+from allocator.solve.backends._mip import (
+    MipModel,
+    build_mip,
+    proven_bound,
+    round_relaxed,
+    solve_with_margins,
+)
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS
 
@@ -135,62 +141,6 @@ class CvxpyScipyBackend(_CvxpyMip):
     engine: ClassVar[str] = "SCIPY"
 
 
-def _usage(problem: Problem, choice: np.ndarray) -> np.ndarray:
-    """Used fraction of each capacity (budget first, then resources) under ``choice``."""
-    _, cost, res = problem.evaluate(choice)
-    limits = [problem.budget] + (
-        [] if problem.resource_limits is None else list(problem.resource_limits)
-    )
-    return np.array([cost, *res]) / np.maximum(np.array(limits), 1e-300)
-
-
-def _rows(problem: Problem) -> np.ndarray:
-    """(1 + R, N, K) cost and resources, each scaled by its limit."""
-    stack = [problem.cost / max(problem.budget, 1e-300)]
-    if problem.resources is not None and problem.resource_limits is not None:
-        stack += [
-            problem.resources[r] / max(lim, 1e-300) for r, lim in enumerate(problem.resource_limits)
-        ]
-    return np.where(problem.valid[None], np.stack(stack), np.inf)
-
-
-def round_relaxed(problem: Problem, x: np.ndarray) -> np.ndarray:
-    """Round a fractional (N, K) solution: cheapest supported option, repair, then upgrade."""
-    scaled = _rows(problem)
-    weight = scaled.max(axis=0)  # the scarcest capacity each option uses
-    support = (x > 1e-7) & problem.valid
-    choice = np.where(support, weight, np.inf).argmin(axis=1)
-    rows = np.arange(problem.n_units)
-    for _ in range(4 * problem.n_units):  # repair: cheapest loss increase per violation removed
-        over = _usage(problem, choice) - 1.0
-        if (over <= 1e-12).all():
-            break
-        worst = int(over.argmax())
-        saving = scaled[worst, rows, choice][:, None] - scaled[worst]
-        extra = problem.loss - problem.loss[rows, choice][:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            score = np.where(
-                saving > 0, np.maximum(extra, 0) / np.where(saving > 0, saving, 1), np.inf
-            )
-        if not np.isfinite(score).any():
-            break
-        unit, col = np.unravel_index(np.argmin(score), score.shape)
-        choice[unit] = col
-    for _ in range(4 * problem.n_units):  # upgrade: best loss decrease per capacity used
-        slack = 1.0 - _usage(problem, choice)
-        delta = scaled - scaled[:, rows, choice][:, :, None]
-        fits = (delta <= slack[:, None, None] + 1e-15).all(axis=0) & problem.valid
-        gain = problem.loss[rows, choice][:, None] - problem.loss
-        use = np.maximum(delta.max(axis=0), 1e-15)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            score = np.where(fits & (gain > 0), gain / use, -np.inf)
-        if not np.isfinite(score).any():
-            break
-        unit, col = np.unravel_index(np.argmax(score), score.shape)
-        choice[unit] = col
-    return choice
-
-
 @BACKENDS.register("cvxpy_relax")
 class CvxpyRelaxBackend:
     """LP relaxation through cvxpy: a proven lower bound plus a rounded plan (heuristic)."""
@@ -214,7 +164,7 @@ class CvxpyRelaxBackend:
         dense[model.cell_rows, model.cell_cols] = x.value[: model.n_cells]
         choice = round_relaxed(problem, dense)
         objective, _, _ = problem.evaluate(choice)
-        bound = float(prob.value) * model.objective_scale
+        bound = float(prob.value) * model.objective_scale + model.objective_offset
         feasible = problem.is_feasible(choice)
         return Solution(
             choice=choice,
