@@ -27,7 +27,7 @@ def option_fields(option: Option) -> dict[str, int | bool | str]:
 @EXPORTERS.register("autoround")
 def export_autoround(plan: Plan, context: ExportContext) -> ExportResult:
     """AutoRound(model, tokenizer, bits=, group_size=, sym=, layer_config=) arguments."""
-    enforce(plan, get_rules("autoround"))
+    enforce(plan, get_rules("autoround"), context.unit_shapes())
     base = most_common_quantized(plan) or Option.parse("b4-g128")
     layer_config = {a.unit: option_fields(a.option) for a in plan.assignments}
     base_fields = option_fields(base)

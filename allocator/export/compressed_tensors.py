@@ -103,8 +103,8 @@ def _recipe(plan: Plan, groups: dict[str, Any], sparse: dict[str, list[str]]) ->
     return recipe
 
 
-def build(plan: Plan, target: str) -> ExportResult:
-    enforce(plan, get_rules(target))
+def build(plan: Plan, target: str, context: ExportContext) -> ExportResult:
+    enforce(plan, get_rules(target), context.unit_shapes())
     groups = _config_groups(plan)
     sparse = _sparse_units(plan)
     sparsity_config = _sparsity_config(plan, sparse)
@@ -141,10 +141,10 @@ def build(plan: Plan, target: str) -> ExportResult:
 @EXPORTERS.register("compressed-tensors")
 def export_compressed_tensors(plan: Plan, context: ExportContext) -> ExportResult:
     """llm-compressor recipe (YAML) plus the equivalent compressed-tensors quantization_config."""
-    return build(plan, "compressed-tensors")
+    return build(plan, "compressed-tensors", context)
 
 
 @EXPORTERS.register("vllm")
 def export_vllm(plan: Plan, context: ExportContext) -> ExportResult:
     """compressed-tensors export restricted to what vLLM's WNA16 kernels serve."""
-    return build(plan, "vllm")
+    return build(plan, "vllm", context)

@@ -33,7 +33,7 @@ def option_fields(option: Option) -> dict[str, int | bool]:
 @EXPORTERS.register("gptqmodel")
 def export_gptqmodel(plan: Plan, context: ExportContext) -> ExportResult:
     """QuantizeConfig(**config) reproduces the plan; fp16 units become ``-:`` skips."""
-    enforce(plan, get_rules("gptqmodel"))
+    enforce(plan, get_rules("gptqmodel"), context.unit_shapes())
     base = most_common_quantized(plan) or Option.parse("b4-g128")
     dynamic: dict[str, dict[str, int | bool]] = {}
     skipped: list[str] = []

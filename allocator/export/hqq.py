@@ -20,7 +20,7 @@ from allocator.schema.plan import Plan
 @EXPORTERS.register("hqq")
 def export_hqq(plan: Plan, context: ExportContext) -> ExportResult:
     """``{"dynamic_config": {tag: {"nbits", "group_size"}}, "skip_modules": [...]}``."""
-    enforce(plan, get_rules("hqq"))
+    enforce(plan, get_rules("hqq"), context.unit_shapes())
     dynamic: dict[str, dict[str, Any]] = {}
     skip = ["lm_head"]
     for a in plan.assignments:

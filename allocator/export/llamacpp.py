@@ -68,7 +68,7 @@ def ggml_type_for(option: Option, in_features: int | None) -> str:
 @EXPORTERS.register("llamacpp")
 def export_llamacpp(plan: Plan, context: ExportContext) -> ExportResult:
     """Tensor-type file: one anchored pattern per ggml type, listing exact GGUF tensor names."""
-    enforce(plan, get_rules("llamacpp"))
+    enforce(plan, get_rules("llamacpp"), context.unit_shapes())
     shapes = context.unit_shapes()
     by_type: dict[str, list[str]] = defaultdict(list)
     mapping: dict[tuple[str, str], list[int]] = defaultdict(list)

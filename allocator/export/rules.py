@@ -46,6 +46,7 @@ class TargetRules:
     allow_fp16: bool = True
     tie_presets: tuple[str, ...] = ()
     per_kind_uniform: bool = False
+    group_divides: bool = False  # group size must divide in_features (no ragged last group)
     why: str = ""
 
     def allowed_groups(self, bits: int) -> frozenset[int | None] | str:
@@ -88,6 +89,7 @@ _VLLM_WHY = "vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj; each 
 TARGETS: dict[str, TargetRules] = {
     "gptqmodel": TargetRules(
         "gptqmodel",
+        group_divides=True,
         bits=frozenset({2, 3, 4, 8}),
         groups={0: frozenset({None, 16, 32, 64, 128})},
         symmetric_bits=frozenset({8}),
@@ -96,6 +98,7 @@ TARGETS: dict[str, TargetRules] = {
     ),
     "autoround": TargetRules(
         "autoround",
+        group_divides=True,
         bits=frozenset({2, 3, 4, 8}),
         groups={0: _GROUPS_STD},
         symmetric_bits=frozenset({8}),
@@ -104,6 +107,7 @@ TARGETS: dict[str, TargetRules] = {
     ),
     "compressed-tensors": TargetRules(
         "compressed-tensors",
+        group_divides=True,
         bits=frozenset(range(2, 9)),
         groups={0: _GROUPS_STD},
         sparsity=frozenset({"none", "2:4", "unstructured"}),
@@ -112,6 +116,7 @@ TARGETS: dict[str, TargetRules] = {
     ),
     "vllm": TargetRules(
         "vllm",
+        group_divides=True,
         bits=frozenset({4, 8}),
         groups={0: _GROUPS_STD},
         tie_presets=("qkv", "gate_up"),
@@ -125,6 +130,7 @@ TARGETS: dict[str, TargetRules] = {
     ),
     "torchao": TargetRules(
         "torchao",
+        group_divides=True,
         bits=frozenset(range(1, 9)),
         groups={0: ANY_GROUP},
         why="IntxWeightOnlyConfig takes torch.int1..int8, PerGroup or PerAxis(0)",
@@ -168,12 +174,29 @@ def kind_of(unit: str) -> str:
     return ".".join(p for p in unit.split(".") if p not in ("model", "layers") and not p.isdigit())
 
 
-def check_plan(plan: Plan, rules: TargetRules) -> list[str]:
-    """Every way the plan does not fit the target, one line each (empty when it fits)."""
+def group_problem(rules: TargetRules, option: Option, in_features: int | None) -> str | None:
+    """Why ``option``'s group size cannot serve a weight with ``in_features`` inputs, or None."""
+    group = option.group_size
+    if not rules.group_divides or option.is_fp16 or group is None or in_features is None:
+        return None
+    if in_features % group:
+        return f"group size {group} does not divide the {in_features} inputs (no ragged groups)"
+    return None
+
+
+def check_plan(
+    plan: Plan, rules: TargetRules, shapes: Mapping[str, tuple[int, int]] | None = None
+) -> list[str]:
+    """Every way the plan does not fit the target, one line each (empty when it fits).
+
+    ``shapes`` (unit -> (out, in)) enables the checks that depend on a weight's size.
+    """
     problems = []
     options = plan.options_by_unit()
+    shapes = shapes or {}
     for unit, option in options.items():
-        why = rules.option_problem(option)
+        shape = shapes.get(unit)
+        why = rules.option_problem(option) or group_problem(rules, option, shape and shape[1])
         if why:
             problems.append(f"{unit}: {option.key}: {why}")
     for preset in rules.tie_presets:
@@ -200,9 +223,14 @@ def check_plan(plan: Plan, rules: TargetRules) -> list[str]:
     return problems
 
 
-def enforce(plan: Plan, rules: TargetRules, limit: int = 20) -> None:
+def enforce(
+    plan: Plan,
+    rules: TargetRules,
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+    limit: int = 20,
+) -> None:
     """Raise UnsupportedError listing what does not fit (at most ``limit`` lines)."""
-    problems = check_plan(plan, rules)
+    problems = check_plan(plan, rules, shapes)
     if not problems:
         return
     shown = "\n  ".join(problems[:limit])
@@ -237,8 +265,9 @@ def constraints_for_target(
     unit_list = list(units or ())
     names = [u.name if isinstance(u, Unit) else u for u in unit_list]
     result: dict[str, Any] = {"tie_presets": list(rules.tie_presets)}
-    if options is not None:
-        parsed = [Option.parse(o) for o in options]
+    options_list = None if options is None else [Option.parse(o) for o in options]
+    if options_list is not None:
+        parsed = options_list
         result["allowed"] = {"keys": [o.key for o in parsed if rules.option_problem(o) is None]}
     else:
         bits = sorted(rules.bits | ({16} if rules.allow_fp16 else set()))
@@ -261,11 +290,41 @@ def constraints_for_target(
         if names:
             kinds = sorted({kind_of(u) for u in names})
             result["ties"] = [[rf"(^|\.){re.escape(k)}$"] for k in kinds]
-    misaligned = [u.name for u in unit_list if isinstance(u, Unit) and u.shape and u.shape[1] % 256]
+    shaped = [u for u in unit_list if isinstance(u, Unit) and u.shape is not None]
+    unit_rules = []
+    misaligned = [u.name for u in shaped if u.shape[1] % 256]
     if rules.name == "llamacpp" and misaligned:
         pattern = anchored(exact_names_regex(misaligned))
-        result["rules"] = [{"pattern": pattern, "allow": {"bits": [4, 5, 8, 16]}}]
+        unit_rules.append({"pattern": pattern, "allow": {"bits": [4, 5, 8, 16]}})
+    if rules.group_divides and shaped:
+        unit_rules.extend(_group_rules(rules, shaped, options_list))
+    if unit_rules:
+        result["rules"] = unit_rules
     return result
+
+
+def _group_rules(
+    rules: TargetRules, units: Sequence[Unit], options: list[Option] | None
+) -> list[dict[str, Any]]:
+    """Per input size, a rule keeping only group sizes that divide it."""
+    if options is not None:
+        candidates = {o.group_size for o in options if not o.is_fp16}
+    else:
+        candidates = set()
+        for b in rules.bits:
+            groups = rules.allowed_groups(b)
+            candidates |= set() if groups == ANY_GROUP else set(groups)
+    by_inputs: dict[int, list[str]] = defaultdict(list)
+    for u in units:
+        assert u.shape is not None
+        by_inputs[u.shape[1]].append(u.name)
+    out = []
+    for inputs, names in sorted(by_inputs.items()):
+        keep = sorted((g for g in candidates if g is None or inputs % g == 0), key=lambda g: g or 0)
+        if len(keep) < len(candidates):
+            pattern = anchored(exact_names_regex(names))
+            out.append({"pattern": pattern, "allow": {"group_size": keep}})
+    return out
 
 
 def _sparsity_value(kind: str) -> float:

@@ -94,24 +94,37 @@ def make_plan(units: Sequence[Unit], choice: Mapping[str, Option]) -> Plan:
 
 
 def random_plan(units: Sequence[Unit], target: str | None, seed: int = 0) -> Plan:
-    """Seeded random plan over CANDIDATES; with a target, only fitting options, ties honoured."""
+    """Seeded random plan over CANDIDATES; with a target, only options that fit (the preset's
+    allowed keys, per-unit rules and ties, as ``constraints_for_target`` gives them)."""
+    import re
+
+    from allocator.schema import OptionFilter
+
     rng = random.Random(seed)
-    if target is None:
-        allowed, presets, uniform = CANDIDATES, [], False
-    else:
-        extra = constraints_for_target(target, CANDIDATES)
-        allowed = [o for o in CANDIDATES if o.key in extra["allowed"]["keys"]]
+    allowed = {u.name: list(CANDIDATES) for u in units}
+    presets: list[str] = []
+    uniform = False
+    if target is not None:
+        extra = constraints_for_target(target, CANDIDATES, units)
+        keys = set(extra["allowed"]["keys"])
         presets, uniform = extra["tie_presets"], extra.get("uniform_per_kind", False)
-    shared: dict[str, Option] = {}
-    choice = {}
+        for u in units:
+            allowed[u.name] = [o for o in CANDIDATES if o.key in keys]
+            for rule in extra.get("rules", []):
+                if re.search(rule["pattern"], u.name):
+                    keep = OptionFilter.model_validate(rule["allow"])
+                    allowed[u.name] = [o for o in allowed[u.name] if keep.allows(o)]
+    groups: dict[str, list[str]] = {}
     for u in units:
         key = kind_of(u.name) if uniform else None
         for preset in presets:
             key = key or tie_key(u.name, preset)
-        if key is None:
-            choice[u.name] = rng.choice(allowed)
-        else:
-            choice[u.name] = shared.setdefault(key, rng.choice(allowed))
+        groups.setdefault(key or u.name, []).append(u.name)
+    choice = {}
+    for members in groups.values():
+        common = [o for o in allowed[members[0]] if all(o in allowed[m] for m in members)]
+        picked = rng.choice(common)
+        choice.update(dict.fromkeys(members, picked))
     return make_plan(units, choice)
 
 

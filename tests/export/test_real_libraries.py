@@ -176,3 +176,46 @@ def test_hqq_config_through_transformers(target_plans):
         else:
             params = got["weight_quant_params"]
             assert (params["nbits"], params["group_size"]) == (option.bits, option.group_size)
+
+
+def test_torchao_quantize_applies_exactly_the_plan():
+    """torchao's quantize_ with our FqnToConfig quantizes exactly the planned weights (CPU)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchao")
+    from torchao.core.config import config_from_dict
+    from torchao.quantization import quantize_
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from allocator.models.units import find_units
+
+    from .conftest import random_plan
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=2,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(config)
+    units = find_units(tiny)
+    plan = random_plan(units, "torchao", seed=2)
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    quantize_(
+        tiny, config_from_dict(export_plan(plan, "torchao", units=units).config), filter_fn=None
+    )
+    options = plan.options_by_unit()
+    for name, param in tiny.named_parameters():
+        module = name.removesuffix(".weight")
+        option = options.get(module)
+        quantized = type(param).__name__ != "Parameter" or type(param.data) is not torch.Tensor
+        if option is None or option.is_fp16 or not name.endswith(".weight"):
+            assert not quantized and torch.equal(param.detach(), before[name]), name
+            continue
+        assert quantized, name
+        error = (param.dequantize() - before[name]).abs().max().item()
+        scale = before[name].abs().max().item()
+        assert 0 < error <= scale * 2.0 ** (1 - option.bits) + 1e-6, (name, option.key, error)

@@ -113,3 +113,21 @@ def test_every_target_has_rules_and_exporter():
     from allocator.export import EXPORTERS
 
     assert set(TARGETS) == set(EXPORTERS.names())
+
+
+def test_group_must_divide_inputs(units):
+    """torchao/vLLM-style targets refuse g128 on SmolLM2's 576-input weights when shapes are known."""
+    choice = {u.name: Option.parse("b4-g64") for u in units}
+    choice["model.layers.0.self_attn.o_proj"] = Option.parse("b4-g128")
+    plan = make_plan(units, choice)
+    export_plan(plan, "torchao")  # without shapes the check cannot run
+    with pytest.raises(
+        UnsupportedError, match=r"o_proj: b4-g128: group size 128 does not divide the 576"
+    ):
+        export_plan(plan, "torchao", units=units)
+    extra = constraints_for_target("torchao", CANDIDATES, units)
+    rule = next(
+        r for r in extra["rules"] if re.search(r["pattern"], "model.layers.0.self_attn.o_proj")
+    )
+    assert 128 not in rule["allow"]["group_size"] and 64 in rule["allow"]["group_size"]
+    assert not any(re.search(r["pattern"], "model.layers.0.mlp.down_proj") for r in extra["rules"])
