@@ -52,6 +52,10 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="journal of measured units (default OUT.journal.jsonl)")
         ] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", help="windows per pass")] = 4,
+        calibrate: Annotated[
+            str | None,
+            typer.Option(help="'kl': calibrate the estimator per unit to measured KL points"),
+        ] = None,
         set_: Annotated[
             list[str] | None,
             typer.Option("--set", help="estimator setting key=value, e.g. reference=b3-g128"),
@@ -63,6 +67,13 @@ def register(app: typer.Typer) -> None:
         from allocator.schema.io import save_table
 
         load_all()
+        settings = _parse_set(set_ or [])
+        if calibrate is not None:
+            if calibrate != "kl":
+                raise InputError(f"--calibrate {calibrate!r}: only 'kl' is supported")
+            if estimator != "hessian_kl":
+                settings["proxy"] = estimator
+            estimator = "hessian_kl"
         spec = ESTIMATORS.get(estimator)
         journal_path = journal
         if spec.journaled and journal_path is None:
@@ -80,7 +91,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             journal=journal_path,
             resume=resume,
-            settings=_parse_set(set_ or []),
+            settings=settings,
         )
         save_table(table, out)
         seconds = table.provenance.settings.get("seconds")

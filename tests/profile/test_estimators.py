@@ -119,3 +119,16 @@ def test_hessian_diag_accepts_an_imatrix(tiny_model, tiny_ids):
 
     dw = compressed_weight(weight, table.options[0]) - weight
     assert table.losses[name]["b2-g32"] == pytest.approx(float(dw.square().sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("proxy", ["hessian", "hessian_diag"])
+def test_calibrated_proxy_passes_through_measured_kl(proxy, tiny_model, tiny_ids):
+    kl = profile(tiny_model, tiny_ids, "kl", GRID, progress=False)
+    settings = {"proxy": proxy, "kl_windows": 6, "kl_seq_len": 24}
+    calibrated = profile(tiny_model, tiny_ids, "hessian_kl", GRID, progress=False,
+                         settings=settings)  # fmt: skip
+    for unit in calibrated.units:
+        row, measured = calibrated.losses[unit.name], kl.losses[unit.name]
+        for key in ("b2-g32", "b3-g32"):  # the default references: the two lowest bit widths
+            assert row[key] == pytest.approx(max(measured[key], 1e-9), rel=1e-4)
+        assert row["b2-g32"] >= row["b3-g32"] >= row["b4-g32"] >= row["b8-g32"]

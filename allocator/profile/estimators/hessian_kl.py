@@ -6,19 +6,19 @@ unit's proxy curve tr(dW H dW^T) over the whole grid is rescaled to pass through
 (``allocator.profile.calibrate``). This puts a full grid on the end-to-end scale for the cost of
 |references| x units KL measurements instead of |options| x units. KL is measured on the first
 ``kl_windows`` windows truncated to ``kl_seq_len`` tokens (defaults 8 x 256); the measured points
-are journaled, so a killed run resumes.
+are journaled, so a killed run resumes. ``settings["proxy"]`` picks another proxy estimator to
+calibrate (``hessian_diag``, ``fisher``, ``hutchinson``); ``allocator profile --calibrate kl``
+selects this estimator with the ``--estimator`` given as the proxy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
-
-import torch
 
 from allocator.errors import InputError
 from allocator.profile.calibrate import calibrate_row
-from allocator.profile.estimators import Estimator, register
-from allocator.profile.estimators.hessian import hessian_row
+from allocator.profile.estimators import ESTIMATORS, Estimator, register
 from allocator.profile.estimators.kl import KLMeter, journaled_rows
 from allocator.profile.options import parse_options
 from allocator.schema.option import Option
@@ -49,12 +49,18 @@ def hessian_kl_losses(ctx: Any) -> dict[str, dict[str, float]]:
         ctx, "hessian_kl", lambda unit: meter.measure_options(unit, references)
     )
     everything = list({o.key: o for o in [*ctx.options, *references]}.values())
+    proxy_name = str(ctx.settings.get("proxy", "hessian"))
+    proxy_estimator = ESTIMATORS.get(proxy_name)
+    if proxy_estimator.kind != "loss" or proxy_estimator.journaled:
+        raise InputError(
+            f"proxy {proxy_name!r} cannot be calibrated; use hessian, hessian_diag, fisher or "
+            "hutchinson"
+        )
+    proxies = proxy_estimator.run(dataclasses.replace(ctx, options=everything))
     losses = {}
-    with torch.no_grad():
-        for unit in ctx.units:
-            proxy = hessian_row(ctx, unit, everything)
-            curve = calibrate_row(proxy, measured[unit.name])
-            losses[unit.name] = {o.key: curve[o.key] for o in ctx.options}
+    for unit in ctx.units:
+        curve = calibrate_row(proxies[unit.name], measured[unit.name])
+        losses[unit.name] = {o.key: curve[o.key] for o in ctx.options}
     return losses
 
 
