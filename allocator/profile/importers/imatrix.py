@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def _read_gguf(path: Path) -> tuple[dict[str, np.ndarray], int | None, list[str]
     )
 
 
-def _field(reader, key: str):
+def _field(reader: Any, key: str) -> Any:
     entry = reader.fields.get(key)
     if entry is None:
         return None
@@ -127,7 +128,7 @@ def _read_legacy(path: Path) -> tuple[dict[str, np.ndarray], int | None, list[st
     data = path.read_bytes()
     offset = 0
 
-    def take(fmt: str) -> tuple:
+    def take(fmt: str) -> tuple[Any, ...]:
         nonlocal offset
         size = struct.calcsize(fmt)
         if offset + size > len(data):
