@@ -229,6 +229,14 @@ class IlpBackend:
         status = highs.getModelStatus()
         info = highs.getInfo()
         has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
+        if not has_solution and status in _STOPPED and incumbent is not None:
+            return Solution(  # stopped before HiGHS accepted any plan: return the start
+                choice=model.choice(incumbent, problem),
+                status="time_limit",
+                objective=problem.evaluate(model.choice(incumbent, problem))[0],
+                solver=self.name,
+                info={"highs_status": highs.modelStatusToString(status)},
+            )
         if not has_solution or status not in _DONE | _STOPPED:
             return Solution(
                 choice=np.zeros(problem.n_units, dtype=np.int64),
