@@ -1,0 +1,50 @@
+"""compress/compress_weight: fp16, RTN, pruning then quantization, bad options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allocator.errors import InputError, UnsupportedError
+from allocator.quant.compress import compress, compress_weight
+from allocator.quant.rtn import fake_quantize
+from allocator.schema.option import Option
+
+
+def test_fp16_rounds(weight):
+    out = compress_weight(weight, Option.parse("fp16"))
+    assert torch.equal(out, weight.half().float())
+
+
+def test_rtn_close_to_reference_rtn(weight):
+    option = Option.parse("b4-g64")
+    ours = compress_weight(weight, option)
+    reference = fake_quantize(weight, option)
+    # same codes up to the fp16 rounding of scales: within one quantization step
+    step = (weight.max() - weight.min()) / 15
+    assert (ours - reference).abs().max() <= step
+
+
+@pytest.mark.parametrize(
+    "key", ["b4-g64-2:4", "b3-g128-s0.3", "b4-g64-2:4@gptq", "b3-gc-s0.5@gptq"]
+)
+def test_pruned_then_quantized(weight, activations, key):
+    _, hessian = activations
+    option = Option.parse(key)
+    result = compress(weight, option, hessian)
+    assert result.mask is not None
+    assert torch.all(result.weight[~result.mask] == 0)
+    assert result.mask.float().mean().item() == pytest.approx(1 - option.sparsity, abs=2e-3)
+    levels = 2**option.bits
+    assert int(result.quantized.codes.max()) < levels
+
+
+def test_method_override_and_errors(weight):
+    with pytest.raises(InputError, match="bits=12"):
+        compress(
+            weight, Option.model_construct(**{**Option.parse("b4-g128").model_dump(), "bits": 12})
+        )
+    with pytest.raises(UnsupportedError, match="awq"):
+        compress(weight, Option.parse("b4-g128@awq"))
+    with pytest.raises(InputError, match="act_sq"):
+        compress(weight, Option.parse("b4-g128-s0.5@wanda"))
