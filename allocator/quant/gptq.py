@@ -13,7 +13,11 @@ error feedback sees exactly the values the packed checkpoint stores.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,6 +33,32 @@ def group_params_fp16(
     scale, zero = group_params(weight, bits, group, symmetric)
     scale = scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
     return scale, zero
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: the column sweep is thousands of tiny ops, which are
+    many times slower with several threads (and far slower on an oversubscribed CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def single_threaded(fn: F) -> F:
+    """Decorator running ``fn`` under ``single_thread()``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with single_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def inverse_cholesky(hessian: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
@@ -84,6 +114,7 @@ def _group_segment(
     return torch.cat([inside, w_full[:, i2:end]], dim=1)
 
 
+@single_threaded
 def gptq_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,

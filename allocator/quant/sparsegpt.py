@@ -19,6 +19,7 @@ from allocator.quant.gptq import (
     inverse_cholesky,
     prepare_hessian,
     quantize_column,
+    single_threaded,
 )
 from allocator.quant.rtn import QuantizedWeight, effective_group
 
@@ -43,6 +44,7 @@ def _block_mask(w1: torch.Tensor, hinv_diag: torch.Tensor, n_prune: int) -> torc
     return mask
 
 
+@single_threaded
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
