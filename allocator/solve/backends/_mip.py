@@ -221,6 +221,7 @@ def round_relaxed(problem: Problem, x: np.ndarray, max_upgrades: int | None = No
     scaled = _rows(problem)
     weight = scaled.max(axis=0)  # the scarcest capacity each option uses
     support = (x > 1e-7) & problem.valid
+    support[~support.any(axis=1)] = problem.valid[~support.any(axis=1)]  # no weight: any option
     choice = np.where(support, weight, np.inf).argmin(axis=1)
     rows = np.arange(problem.n_units)
     for _ in range(4 * problem.n_units):  # repair: cheapest loss increase per violation removed
@@ -228,9 +229,9 @@ def round_relaxed(problem: Problem, x: np.ndarray, max_upgrades: int | None = No
         if (over <= 1e-12).all():
             break
         worst = int(over.argmax())
-        saving = scaled[worst, rows, choice][:, None] - scaled[worst]
-        extra = problem.loss - problem.loss[rows, choice][:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
+            saving = scaled[worst, rows, choice][:, None] - scaled[worst]
+            extra = problem.loss - problem.loss[rows, choice][:, None]
             score = np.where(
                 saving > 0, np.maximum(extra, 0) / np.where(saving > 0, saving, 1), np.inf
             )

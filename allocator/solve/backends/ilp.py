@@ -164,6 +164,37 @@ def _lagrangian_reduced_costs(
     return bound, reduced[model.cell_rows, model.cell_cols], start
 
 
+def _round_within_cap(problem: Problem, point: np.ndarray) -> np.ndarray | None:
+    """Rounding that respects ``max_distinct``: keep the options carrying the most LP weight
+    (weighted by cost, so big units count more), round within them; None if that fails."""
+    if problem.max_distinct is None or problem.option_ids is None:
+        return None
+    ids = np.where(problem.valid, problem.option_ids, -1)
+    weight = point * np.where(problem.valid, problem.cost, 0.0)
+    totals: dict[int, float] = {}
+    for option, w in zip(ids[problem.valid], weight[problem.valid], strict=True):
+        totals[int(option)] = totals.get(int(option), 0.0) + float(w)
+    ranked = sorted(totals, key=lambda o: (-totals[o], o))
+    for extra in range(len(ranked)):  # widen the kept set past the cap only to cover every unit
+        kept = ranked[: problem.max_distinct + extra]
+        allowed = problem.valid & np.isin(ids, kept)
+        if allowed.any(axis=1).all():
+            break
+    else:
+        return None
+    if len(kept) > problem.max_distinct:
+        return None
+    capped = Problem(
+        cost=problem.cost,
+        loss=problem.loss,
+        valid=allowed,
+        budget=problem.budget,
+        resources=problem.resources,
+        resource_limits=problem.resource_limits,
+    )
+    return round_relaxed(capped, np.where(allowed, point, 0.0), max_upgrades=INCUMBENT_UPGRADES)
+
+
 def fix_by_reduced_cost(
     model: MipModel, problem: Problem
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -182,6 +213,8 @@ def fix_by_reduced_cost(
     bound, reduced, point = found
     choice = round_relaxed(problem, point, max_upgrades=INCUMBENT_UPGRADES)
     if not problem.is_feasible(choice, rtol=0.0):
+        choice = _round_within_cap(problem, point)
+    if choice is None or not problem.is_feasible(choice, rtol=0.0):
         return None, None
     incumbent = _full_vector(model, problem, choice)
     upper_value = float(model.objective @ incumbent)
