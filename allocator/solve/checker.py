@@ -152,6 +152,10 @@ def _check_totals(plan: Plan, table: SensitivityTable, constraints: Constraints)
         problems.append(f"{len(distinct)} distinct options used, cap is {cap}: {sorted(distinct)}")
     if plan.lower_bound is not None and plan.lower_bound > loss * (1 + 1e-6) + 1e-12:
         problems.append(f"lower_bound {plan.lower_bound} exceeds the plan's loss {loss}")
+    if plan.lower_bound is not None and plan.gap is not None:
+        gap = max(0.0, loss - plan.lower_bound) / max(abs(loss), 1e-12)
+        if not math.isclose(plan.gap, gap, rel_tol=1e-6, abs_tol=1e-12):
+            problems.append(f"plan gap {plan.gap} but its loss and lower bound give {gap}")
     units = {u.name: u for u in table.units}
     for limit in constraints.resources:
         try:

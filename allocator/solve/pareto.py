@@ -88,10 +88,18 @@ def sweep(
             points.append(ParetoPoint(budget_avg_bits=budget, feasible=False, reason=str(exc)))
             continue
         if best is not None and plan.predicted_loss > best.predicted_loss:
+            # the smaller budget's plan still fits; the bound must be this budget's own
+            bound = plan.lower_bound
+            loss = best.predicted_loss
             plan = best.model_copy(
                 update={
                     "budget_bits": plan.budget_bits,
                     "constraints_hash": plan.constraints_hash,
+                    "lower_bound": None if bound is None else min(bound, loss),
+                    "gap": None
+                    if bound is None
+                    else max(0.0, loss - bound) / max(abs(loss), 1e-12),
+                    "status": "heuristic" if plan.status == "optimal" else plan.status,
                     "notes": [*best.notes, f"kept the plan of a smaller budget at {budget:g} bits"],
                 }
             )

@@ -86,9 +86,11 @@ def test_missing_duplicate_and_foreign_units_are_caught(solved: Plan) -> None:
     assert any("not a selected table unit" in p for p in check_plan(bad, table, CONSTRAINTS))
 
 
-def test_lower_bound_above_loss_is_caught(solved: Plan) -> None:
+def test_lower_bound_above_loss_and_wrong_gap_are_caught(solved: Plan) -> None:
     bad = solved.model_copy(update={"lower_bound": solved.predicted_loss * 2 + 1})
     assert any("lower_bound" in p for p in check_plan(bad, _table(resources=True), CONSTRAINTS))
+    bad = solved.model_copy(update={"gap": 0.5})
+    assert any("plan gap" in p for p in check_plan(bad, _table(resources=True), CONSTRAINTS))
 
 
 def test_assert_plan_ok_raises_plan_check_error(solved: Plan) -> None:

@@ -1,0 +1,1 @@
+"""Bundled example data (a synthetic SmolLM2-shaped table and constraints)."""
