@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             typer.echo(
                 f"checkpoint  {out}\n"
-                f"packed      {sizes.packed_bytes / 1e6:.3f} MB (plan predicts "
+                f"packed      {sizes.packed_bytes / 1e6:.3f} MB of tensors, {sizes.packed_file_bytes / 1e6:.3f} MB file (plan predicts "
                 f"{sizes.predicted_bytes / 1e6:.3f} MB, {sizes.relative_error:+.3%})\n"
                 f"other       {sizes.rest_bytes / 1e6:.3f} MB (embeddings, norms, biases)\n"
                 f"avg bits    {loaded_plan.avg_bits:.4f}\n"

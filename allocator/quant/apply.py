@@ -233,22 +233,30 @@ def apply_plan(
 
 
 def uniform_plan(model: nn.Module, option: Option | str, *, solver: str = "uniform") -> Plan:
-    """A Plan giving every block linear layer of ``model`` the same option (sizes by the size model)."""
+    """A Plan giving every block linear layer of ``model`` the same option."""
+    option = Option.parse(option)
+    return plan_for_options(model, {u.name: option for u in find_units(model)}, solver=solver)
+
+
+def plan_for_options(
+    model: nn.Module, choice: dict[str, Option | str], *, solver: str = "manual"
+) -> Plan:
+    """A Plan for a unit -> option choice over the model's block linear layers (sizes by the
+    size model, predicted losses 0)."""
     from allocator.cost import DEFAULT_SIZE_MODEL
     from allocator.schema.plan import Assignment
 
-    option = Option.parse(option)
     units = find_units(model)
-    assignments = [
-        Assignment(
-            unit=u.name,
-            option=option,
-            numel=u.numel,
-            cost_bits=DEFAULT_SIZE_MODEL.cost_bits(option, u),
-            predicted_loss=0.0,
+    missing = [u.name for u in units if u.name not in choice]
+    if missing:
+        raise InputError(f"no option for units {_listing(missing)}; give every unit one")
+    assignments = []
+    for u in units:
+        option = Option.parse(choice[u.name], where=f"unit {u.name}")
+        cost = DEFAULT_SIZE_MODEL.cost_bits(option, u)
+        assignments.append(
+            Assignment(unit=u.name, option=option, numel=u.numel, cost_bits=cost, predicted_loss=0)
         )
-        for u in units
-    ]
     size_bits = sum(a.cost_bits for a in assignments)
     total = sum(u.numel for u in units)
     return Plan(

@@ -41,15 +41,22 @@ CHECKSUM_FILE = "checksums.sha256"
 
 @dataclass
 class CheckpointSizes:
-    """Bytes on disk: the packed plan units, the rest, and the plan's prediction for the units."""
+    """Bytes of the plan units' tensors, of the packed file on disk (tensors + safetensors header),
+    of the rest file, and the plan's prediction for the units."""
 
     packed_bytes: int
+    packed_file_bytes: int
     rest_bytes: int
     predicted_bytes: float
 
     @property
     def relative_error(self) -> float:
+        """(stored tensor bytes - predicted bytes) / predicted bytes."""
         return (self.packed_bytes - self.predicted_bytes) / self.predicted_bytes
+
+    @property
+    def file_relative_error(self) -> float:
+        return (self.packed_file_bytes - self.predicted_bytes) / self.predicted_bytes
 
 
 def _split_state(
@@ -139,7 +146,8 @@ def save_checkpoint(
         save_file({k: v.contiguous() for k, v in packed.items()}, str(tmp / PACKED_FILE))
         save_file(rest, str(tmp / REST_FILE))
         sizes = CheckpointSizes(
-            packed_bytes=(tmp / PACKED_FILE).stat().st_size,
+            packed_bytes=sum(t.numel() * t.element_size() for t in packed.values()),
+            packed_file_bytes=(tmp / PACKED_FILE).stat().st_size,
             rest_bytes=(tmp / REST_FILE).stat().st_size,
             predicted_bytes=plan.size_bytes,
         )
