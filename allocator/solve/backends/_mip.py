@@ -178,11 +178,15 @@ def build_mip(problem: Problem, rhs_safety: float = 0.0) -> MipModel:
     )
 
 
+SOLVER_RTOL = 1e-6  # MIP solvers close gaps only to their own tolerances
+
+
 def proven_bound(objective: float, optimal: bool, mip_gap: float) -> float | None:
-    """Lower bound implied by a front-end that reports only "optimal within ``mip_gap``"."""
+    """Lower bound implied by a front-end that reports only "optimal within ``mip_gap``" (and
+    within the solver's tolerances, ``SOLVER_RTOL`` relative)."""
     if not optimal:
         return None
-    return objective - mip_gap * abs(objective)
+    return objective - max(mip_gap, SOLVER_RTOL) * abs(objective)
 
 
 def solve_with_margins(problem: Problem, attempt: Callable[[MipModel], Solution]) -> Solution:

@@ -6,7 +6,7 @@ every column whose reduced cost exceeds ``U - L`` cannot be in a plan better tha
 and is fixed to 0 (root reduced-cost fixing), and the incumbent is handed to HiGHS as a start.
 On realistic tables this removes almost every column before branching. Status is ``optimal``
 when HiGHS proves the gap, ``time_limit`` when it stops with an incumbent; ``lower_bound`` is
-HiGHS's dual bound less ``HIGHS_RTOL`` relative (valid for the full problem: the incumbent
+HiGHS's dual bound less ``SOLVER_RTOL`` relative (valid for the full problem: the incumbent
 survives the fixing, so the restricted optimum equals the full one; the slack covers HiGHS's
 own tolerances, which can accept an answer ~1e-7 relative above the optimum on 10^4 units).
 """
@@ -21,7 +21,12 @@ from typing import ClassVar
 import highspy
 import numpy as np
 
-from allocator.solve.backends._mip import MipModel, round_relaxed, solve_with_margins
+from allocator.solve.backends._mip import (
+    SOLVER_RTOL,
+    MipModel,
+    round_relaxed,
+    solve_with_margins,
+)
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS
 
@@ -34,7 +39,6 @@ _STOPPED = {
 }
 
 
-HIGHS_RTOL = 1e-6  # relative slack on HiGHS's dual bound (see IlpBackend._attempt)
 INCUMBENT_UPGRADES = 32  # greedy steps spent improving the rounded LP incumbent
 _banner_shown = False
 
@@ -284,7 +288,7 @@ class IlpBackend:
         # HiGHS closes gaps only to its internal tolerances (we measured an "optimal" answer
         # 8.5e-8 above the true optimum on a 10^4-unit instance), so the certified bound
         # gives that much away
-        bound -= HIGHS_RTOL * abs(bound)
+        bound -= SOLVER_RTOL * abs(bound)
         return Solution(
             choice=choice,
             status="optimal" if status in _DONE else "time_limit",
