@@ -36,7 +36,12 @@ def register(app: typer.Typer) -> None:
             list[Path] | None,
             typer.Option("--text", help="calibration text file(s); default: Jane Austen novels"),
         ] = None,
-        estimator: Annotated[str, typer.Option(help="estimator name")] = "hessian",
+        estimator: Annotated[
+            str,
+            typer.Option(
+                help="hessian, hessian_diag, fisher, hutchinson, block_error, kl, hessian_kl, lim, zd or zo"
+            ),
+        ] = "hessian",
         options: Annotated[
             str, typer.Option(help="grid, e.g. 'bits=2,3,4 group=64,128 sparsity=0,2:4'")
         ] = "bits=2,3,4,5,6,8 group=128",
