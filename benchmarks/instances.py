@@ -22,8 +22,14 @@ LAYER_NUMELS = np.array([576 * 576, 576 * 192, 576 * 1536], dtype=np.int64)
 GROUP_NUMEL = 128
 
 
-def option_grid(n_options: int) -> list[tuple[int, int]]:
-    """(bits, group size) pairs: 8 -> bits 1..8 at g128; 32 -> bits 1..8 x groups 32..256."""
+MIXED_8 = [(2, 64), (2, 128), (3, 64), (3, 128), (4, 64), (4, 128), (6, 128), (8, 128)]
+
+
+def option_grid(n_options: int, mixed: bool = False) -> list[tuple[int, int]]:
+    """(bits, group size) pairs: 8 -> bits 1..8 at g128 (or, ``mixed``, 2-8 bits at g64/g128,
+    uneven cost steps and some dominated options); 32 -> bits 1..8 x groups 32..256."""
+    if n_options == 8 and mixed:
+        return MIXED_8
     if n_options == 8:
         return [(b, 128) for b in range(1, 9)]
     if n_options == 32:
@@ -40,6 +46,7 @@ def make_instance(
     seed: int = 0,
     scale_sigma: float = 1.5,
     noise_sigma: float = 0.05,
+    mixed: bool = False,
 ) -> Problem:
     """Build a budget-only Problem with ``avg_bits`` bits per weight (overhead included).
 
@@ -47,7 +54,7 @@ def make_instance(
     setting of per-group allocation; otherwise units are layer-sized.
     """
     rng = np.random.default_rng(seed)
-    grid = option_grid(n_options)
+    grid = option_grid(n_options, mixed)
     bits = np.array([b for b, _ in grid], dtype=np.float64)
     groups = np.array([g for _, g in grid], dtype=np.float64)
     per_group = n_units > 100_000 if per_group is None else per_group

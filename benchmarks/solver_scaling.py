@@ -3,7 +3,9 @@
 The baseline is the plain binary multiple-choice knapsack the way NVIDIA ModelOpt's
 auto_quantize states it: one binary per (unit, option), ``sum_j x_ij == 1`` per unit, one budget
 row, minimise the summed loss, solved by PuLP's bundled CBC (model build included in its time).
-Instances come from ``benchmarks/instances.py`` (realistic, heavy-tailed, a few non-convexities).
+Instances come from ``benchmarks/instances.py`` (realistic, heavy-tailed, a few non-convexities);
+past 10^4 units each unit is one group of 128 weights (per-group allocation), with either bits
+1-8 at g128 ("bits": equal cost steps) or a "mixed" g64/g128 grid (uneven steps, dominated options).
 
     python benchmarks/solver_scaling.py            # full run (exact sizes + lagrange to 10^7)
     python benchmarks/solver_scaling.py --quick    # a fast check
@@ -44,13 +46,14 @@ BASELINE = "baseline_pulp_cbc"
 EXACT_SIZES = [(224, 8), (224, 32), (1000, 8), (1000, 32), (10_000, 8), (10_000, 32)]
 LARGE_SIZES = [(100_000, 8), (1_000_000, 8), (10_000_000, 8)]
 EXACT_SOLVERS = ["mckp", "dp", "ilp", "pulp", "cvxpy", "lagrange", "equal_loss"]
-LARGE_SOLVERS = {100_000: ["lagrange", "equal_loss", "mckp"], 1_000_000: ["lagrange"]}
+LARGE_SOLVERS = {100_000: ["lagrange", "mckp", "equal_loss"], 1_000_000: ["lagrange", "mckp"]}
 
 
 @dataclass
 class Row:
     n_units: int
     n_options: int
+    grid: str
     solver: str
     seconds: float | None
     cpu_s: float | None
@@ -115,17 +118,25 @@ def _timed(run, repeat: int):
 
 
 def run_size(
-    n_units: int, n_options: int, solvers: list[str], time_limit: float, repeat: int, base: bool
+    size: tuple[int, int, bool],
+    solvers: list[str],
+    time_limit: float,
+    repeat: int,
+    base: bool,
 ) -> list[Row]:
     """Benchmark one instance size: the baseline (when asked) then every solver."""
-    problem = make_instance(n_units, n_options, seed=n_units + n_options)
+    n_units, n_options, mixed = size
+    grid = "mixed" if mixed else "bits"
+    problem = make_instance(n_units, n_options, seed=n_units + n_options, mixed=mixed)
     rows: list[Row] = []
     base_obj = base_s = None
     if base:
         (choice, status), wall, cpu = _timed(lambda: baseline_pulp_cbc(problem, time_limit), 1)
         if choice is not None and problem.is_feasible(choice):
             base_obj, base_s = problem.evaluate(choice)[0], wall
-        rows.append(Row(n_units, n_options, BASELINE, wall, cpu, 1.0, base_obj, 0.0, status, None))
+        rows.append(
+            Row(n_units, n_options, grid, BASELINE, wall, cpu, 1.0, base_obj, 0.0, status, None)
+        )
     for name in solvers:
         if name not in BACKENDS:
             continue
@@ -157,6 +168,7 @@ def run_size(
             Row(
                 n_units,
                 n_options,
+                grid,
                 name,
                 wall,
                 cpu,
@@ -177,14 +189,14 @@ def _fmt(value: float | None, spec: str) -> str:
 def markdown(rows: list[Row], header: dict[str, object]) -> str:
     """The results table (and run conditions) as markdown."""
     lines = [
-        "| N | K | solver | seconds | cpu_s | speedup vs baseline | objective | rel. diff vs baseline"
-        " | status | certified gap |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        "| N | K | options | solver | seconds | cpu_s | speedup vs baseline | objective |"
+        " rel. diff vs baseline | status | certified gap |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         status = r.status + (f" ({r.note})" if r.note else "")
         lines.append(
-            f"| {r.n_units:,} | {r.n_options} | {r.solver} | {_fmt(r.seconds, '.4f')} | "
+            f"| {r.n_units:,} | {r.n_options} | {r.grid} | {r.solver} | {_fmt(r.seconds, '.4f')} | "
             f"{_fmt(r.cpu_s, '.4f')} | {_fmt(r.speedup, '.1f')} | {_fmt(r.objective, '.9g')} | "
             f"{_fmt(r.rel_diff, '.2e')} | {status} | {_fmt(r.gap, '.2e')} |"
         )
@@ -203,17 +215,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     backends.load_all()
     time_limit = args.time_limit or (10.0 if args.quick else 60.0)
-    plan: list[tuple[int, int, list[str], bool]] = []
+    plan: list[tuple[tuple[int, int, bool], list[str], bool]] = []
     exact = EXACT_SIZES[:4] if args.quick else EXACT_SIZES
-    plan += [(n, k, EXACT_SOLVERS, True) for n, k in exact]
+    plan += [((n, k, False), EXACT_SOLVERS, True) for n, k in exact]
     large = [(100_000, 8)] if args.quick else LARGE_SIZES
     for n, k in large:
-        if n <= args.max_units:
-            plan.append((n, k, LARGE_SOLVERS.get(n, ["lagrange"]), False))
+        for mixed in (False, True):
+            if n <= args.max_units:
+                plan.append(((n, k, mixed), LARGE_SOLVERS.get(n, ["lagrange"]), False))
     load_before = os.getloadavg()
     rows: list[Row] = []
-    for n, k, solvers, base in tqdm(plan, disable=args.quiet, desc="sizes"):
-        rows += run_size(n, k, solvers, time_limit, args.repeat, base)
+    for size, solvers, base in tqdm(plan, disable=args.quiet, desc="sizes"):
+        rows += run_size(size, solvers, time_limit, args.repeat, base)
     header = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
         "python": platform.python_version(),

@@ -11,8 +11,9 @@ least-loss option through the points that some Lagrange multiplier ``lam >= 0`` 
 - ``dcost[i, p]``: the segment's extra cost in bits; padding holds ``0``.
 
 Units whose options are already sorted by cost, strictly decreasing in loss and convex take a fast
-path (no sort); the rest go through a sort, a dominance filter and Andrew's monotone chain. The work
-runs in row chunks so temporaries stay small.
+path (no sort); the rest go through pairwise column comparisons (dominance, then slopes in versus
+slopes out) when K is small, or a per-row sort, a dominance filter and Andrew's monotone chain.
+The work runs in row chunks so temporaries stay small.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 CHUNK_ROWS = 1 << 16
 PAD_EFF = -1.0
+PAIRWISE_MAX_OPTIONS = 12
 T = TypeVar("T")
 
 
@@ -138,20 +140,74 @@ def _monotone_chain(
     return stack, size
 
 
-def _slow_rows(
-    cost: np.ndarray, loss: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """General hulls of a few rows: (cols (R, K) with -1 pad, eff, dcost, dloss (R, K-1))."""
+def _hull_columns_pairwise(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """(R, K) hull point columns in cost order, -1 padding, by O(K^2) column comparisons.
+
+    Point j is on the lower-left hull when it minimises ``loss + lam * cost`` for some
+    ``lam >= 0``: the steepest slope reaching it from a cheaper point is negative and no steeper
+    than the flattest slope leaving it to a dearer point (collinear points kept), and no point of
+    equal cost has less loss (exact duplicates keep the first). Works on transposed, contiguous
+    columns; no per-row sort.
+    """
+    n_rows, k = cost.shape
+    c = np.ascontiguousarray(cost.T)
+    ell = np.ascontiguousarray(loss.T)
+    steepest_in = np.full((k, n_rows), -np.inf)
+    flattest_out = np.full((k, n_rows), np.inf)
+    tied_out = np.zeros((k, n_rows), dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for a in range(k):
+            for b in range(a + 1, k):
+                slope = (ell[b] - ell[a]) / (c[b] - c[a])  # nan for invalid pairs
+                a_left, b_left = c[a] < c[b], c[b] < c[a]
+                np.fmax(steepest_in[b], np.where(a_left, slope, -np.inf), out=steepest_in[b])
+                np.fmin(flattest_out[a], np.where(a_left, slope, np.inf), out=flattest_out[a])
+                np.fmax(steepest_in[a], np.where(b_left, slope, -np.inf), out=steepest_in[a])
+                np.fmin(flattest_out[b], np.where(b_left, slope, np.inf), out=flattest_out[b])
+                same = c[a] == c[b]
+                tied_out[b] |= same & (ell[a] <= ell[b])
+                tied_out[a] |= same & (ell[b] < ell[a])
+    on_hull = np.isfinite(c) & np.isfinite(ell) & ~tied_out
+    on_hull &= (steepest_in < 0) & (steepest_in <= flattest_out)
+    rank = np.zeros((k, n_rows), dtype=np.int64)
+    for a in range(k):
+        for b in range(a + 1, k):
+            rank[b] += on_hull[a] & (c[a] < c[b])
+            rank[a] += on_hull[b] & (c[b] < c[a])
+    slots = np.full((n_rows, k + 1), -1, dtype=np.int64)
+    destination = np.where(on_hull, rank, k).T
+    np.put_along_axis(slots, destination, np.broadcast_to(np.arange(k), (n_rows, k)), axis=1)
+    return slots[:, :k]
+
+
+def _hull_columns_sorted(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """(R, K) hull point columns in cost order, -1 padding (sort, staircase, monotone chain)."""
     k = cost.shape[1]
     order, count = _staircase(cost, loss)
     px = np.take_along_axis(cost, order, axis=1)
     py = np.take_along_axis(loss, order, axis=1)
     stack, size = _monotone_chain(px, py, count)
     in_hull = np.arange(k)[None, :] < size[:, None]
-    cols = np.where(in_hull, np.take_along_axis(order, stack, axis=1), -1)
-    hx = np.take_along_axis(px, stack, axis=1)
-    hy = np.take_along_axis(py, stack, axis=1)
-    seg = np.arange(k - 1)[None, :] < (size - 1)[:, None]
+    return np.where(in_hull, np.take_along_axis(order, stack, axis=1), -1)
+
+
+def _slow_rows(
+    cost: np.ndarray, loss: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """General hulls of rows: (cols (R, K) with -1 pad, eff, dcost, dloss (R, K-1)).
+
+    Small K uses O(K^2) column comparisons (no per-row sort); large K sorts each row and runs
+    Andrew's monotone chain.
+    """
+    k = cost.shape[1]
+    if k <= PAIRWISE_MAX_OPTIONS:
+        cols = _hull_columns_pairwise(cost, loss)
+    else:
+        cols = _hull_columns_sorted(cost, loss)
+    safe = np.maximum(cols, 0)
+    hx = np.take_along_axis(cost, safe, axis=1)
+    hy = np.take_along_axis(loss, safe, axis=1)
+    seg = cols[:, 1:] >= 0
     with np.errstate(invalid="ignore", divide="ignore"):
         dcost = np.where(seg, np.diff(hx, axis=1), 0.0)
         dloss = np.where(seg, -np.diff(hy, axis=1), 0.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from allocator.errors import InfeasibleError, UnsupportedError
+from allocator.solve import hull
 from allocator.solve.backends import lagrange
 from allocator.solve.backends.lagrange import LagrangeBackend
 from allocator.solve.hull import dual_value, lower_hulls
@@ -153,3 +154,13 @@ def test_bracketed_search_with_slack_budget(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(lagrange, "FULL_SORT_SEGMENTS", 1_000)
     relaxed = lagrange.relax(problem)
     assert relaxed.objective == pytest.approx(problem.loss.min(axis=1).sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_pairwise_and_sorted_hulls_agree(integer: bool) -> None:
+    rng = np.random.default_rng(17 + integer)
+    for _ in range(300):
+        problem = random_problem(rng, max_units=6, max_options=10, integer=integer)
+        pairwise = hull._hull_columns_pairwise(problem.cost, problem.loss)
+        chain = hull._hull_columns_sorted(problem.cost, problem.loss)
+        np.testing.assert_array_equal(pairwise, chain)
