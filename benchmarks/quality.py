@@ -8,6 +8,11 @@ overhead counted by ``allocator.cost``. Each (method, budget) row is cached in
 
     python benchmarks/quality.py                       # every method, every budget
     python benchmarks/quality.py --methods ours,uniform --budgets 3.0,3.5
+    python benchmarks/quality.py --model path/to.gguf --device cuda   # evaluate on a GPU
+
+Tables for the table-based methods are measured here (``quality_tables``) and cached in
+``benchmarks/results/tables``. Quantization runs on the CPU (the executor's ``apply_plan``);
+evaluation and table measurement run on ``--device``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,33 +39,43 @@ from allocator.schema import Constraints, Option, Plan, SensitivityTable, Unit
 from allocator.schema.io import atomic_write_text, load_table, save_table
 from allocator.solve import rules
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_tables as qt
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "quality"
 TABLES = ROOT / "results" / "tables"
+CONFIG = {"model": "smollm2", "device": "cpu"}
 BUDGETS = (3.0, 3.5, 2.5, 4.25)
 GRID = [Option.parse(f"b{b}-g{g}") for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128, 256)]
 LADDER_G128 = [Option.parse(f"b{b}-g128") for b in (2, 3, 4, 5, 6, 8)]
+TABLE_GRID = [
+    Option.parse(f"b{b}-g{g}") for b in (2, 3, 4, 5, 6) for g in ("64", "128", "256", "c")
+]
+SPARSE_OPTIONS = [
+    Option.parse(k) for k in ("b4-g128-2:4", "b6-g128-2:4", "b4-g128-s0.5", "b6-g128-s0.5")
+]
 
 
 @dataclass
 class Bench:
-    """The shared state: model source, units, windows, reference log-probs on disk."""
+    """Shared state: units, windows, the reference (a model on the device, or cached log-probs)."""
 
     units: list[Unit]
     eval_ids: torch.Tensor
     calib_ids: torch.Tensor
-    ref_path: Path
     quiet: bool
+    ref_path: Path | None = None
+    ref_model: torch.nn.Module | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     def constraints(self, budget: float) -> Constraints:
         return Constraints.simple(budget)
 
 
-def fresh_model() -> torch.nn.Module:
-    model = load_model("smollm2").model
-    model.eval()
-    return model
+def fresh_model(device: str = "cpu") -> torch.nn.Module:
+    model = load_model(CONFIG["model"]).model
+    return model.eval().to(device)
 
 
 @torch.no_grad()
@@ -78,115 +94,78 @@ def reference_logprobs(model: torch.nn.Module, ids: torch.Tensor, path: Path, qu
     tmp.rename(path)
 
 
+def _reference(bench: Bench, i: int, ids: torch.Tensor) -> torch.Tensor:
+    if bench.ref_model is not None:
+        return torch.log_softmax(bench.ref_model(ids).logits[0].float(), -1)
+    ref = bench.cache.setdefault("ref", np.load(bench.ref_path, mmap_mode="r"))
+    return torch.from_numpy(np.asarray(ref[i])).float().log_softmax(-1)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, bench: Bench) -> tuple[float, float]:
     """(perplexity, mean KL(reference || model) per token in nats) in one pass over eval windows."""
-    ref = np.load(bench.ref_path, mmap_mode="r")
+    device = next(model.parameters()).device
     nll, kl, count = 0.0, 0.0, 0
     for i in tqdm(range(bench.eval_ids.shape[0]), desc="eval", disable=bench.quiet):
-        ids = bench.eval_ids[i : i + 1]
+        ids = bench.eval_ids[i : i + 1].to(device)
         logp = torch.log_softmax(model(ids).logits[0].float(), -1)
         nll -= float(logp[:-1].gather(1, ids[0, 1:, None]).sum())
-        ref_logp = torch.from_numpy(np.asarray(ref[i])).float().log_softmax(-1)
+        ref_logp = _reference(bench, i, ids).to(device)
         kl += float((ref_logp.exp() * (ref_logp - logp)).sum())
         count += ids.shape[1]
     n_pred = bench.eval_ids.shape[0] * (bench.eval_ids.shape[1] - 1)
     return float(np.exp(nll / n_pred)), kl / count
 
 
-def cached_perplexity(bench: Bench) -> float:
-    """The unmodified model's perplexity from its cached log-probs (saves a forward pass)."""
-    ref = np.load(bench.ref_path, mmap_mode="r")
-    nll = 0.0
-    for i in range(bench.eval_ids.shape[0]):
-        logp = torch.from_numpy(np.asarray(ref[i])).float().log_softmax(-1)
-        nll -= float(logp[:-1].gather(1, bench.eval_ids[i, 1:, None]).sum())
-    return float(np.exp(nll / (bench.eval_ids.shape[0] * (bench.eval_ids.shape[1] - 1))))
+def states(bench: Bench) -> qt.CleanStates:
+    """Clean hidden states on 8 calibration windows x 256 tokens (for kl/block_error/LIM)."""
+    if "states" not in bench.cache:
+        model = fresh_model(CONFIG["device"])
+        ids = token_windows(load_model(CONFIG["model"]).tokenizer, default_calibration_text(),
+                            seq_len=256, n_windows=8, seed=0)  # fmt: skip
+        bench.cache["states"] = qt.CleanStates(model, ids)
+    return bench.cache["states"]
+
+
+def cached_table(bench: Bench, name: str) -> SensitivityTable:
+    """Measure (once) and cache a table under TABLES: kl (dense + sparse options), fisher,
+    hutchinson, block_error."""
+    path = TABLES / f"smollm2_{name}_bench.json"
+    if path.is_file():
+        return load_table(path)
+    start = time.perf_counter()
+    units, quiet = bench.units, bench.quiet
+    if name == "kl":
+        tab = qt.kl_table(states(bench), units, TABLE_GRID + SPARSE_OPTIONS, quiet)
+    elif name == "block_error":
+        tab = qt.block_error_table(states(bench), units, TABLE_GRID, quiet)
+    else:
+        model = fresh_model(CONFIG["device"])
+        ids = bench.calib_ids[:8].to(CONFIG["device"])
+        build = qt.fisher_table if name == "fisher" else qt.hutchinson_table
+        tab = build(model, ids if name == "fisher" else ids[:4], units, TABLE_GRID, quiet)
+    tab.provenance.settings["seconds"] = round(time.perf_counter() - start, 1)
+    tab.provenance.settings["device"] = CONFIG["device"]
+    save_table(tab, path)
+    return tab
+
+
+def dense(tab: SensitivityTable) -> SensitivityTable:
+    """The table restricted to dense options."""
+    keep = [o for o in tab.options if o.sparsity == 0]
+    keys = {o.key for o in keep}
+    losses = {u: {k: v for k, v in row.items() if k in keys} for u, row in tab.losses.items()}
+    return tab.model_copy(update={"options": keep, "losses": losses})
 
 
 def lim_scores(bench: Bench) -> dict[int, float]:
-    """LIM score per block: mean 1 - cos(block input, block output) on calibration windows."""
-    if "lim" not in bench.cache:
-        from allocator.profile.capture import capture_stats
-
-        capture = capture_stats(
-            fresh_model(), bench.calib_ids[:8], unit_names=set(), progress=not bench.quiet
-        )
-        bench.cache["lim"] = {int(k): float(v) for k, v in capture.lim.items()}
-    return bench.cache["lim"]
-
-
-def table(name: str) -> SensitivityTable:
-    path = TABLES / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: table not measured yet (see the profiling benchmark)")
-    return load_table(path)
+    return states(bench).lim()
 
 
 def solve_table(tab: SensitivityTable, budget: float, solver: str = "auto") -> Plan:
     from allocator.solve.api import solve
 
     return solve(tab, Constraints.simple(budget), solver=solver)
-
-
-OURS_GRID = "bits=2,3,4,5,6 group=64,128,256,c"
-
-
-def fisher_diag(model: torch.nn.Module, ids: torch.Tensor, names: list[str], quiet: bool) -> dict:
-    """Empirical Fisher diagonal per weight: mean over windows of (d mean-NLL / dW)^2."""
-    model.requires_grad_(False)
-    params = {n: model.get_submodule(n).weight for n in names}
-    for p in params.values():
-        p.requires_grad_(True)
-    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-    for i in tqdm(range(ids.shape[0]), desc="fisher", disable=quiet):
-        model.zero_grad(set_to_none=True)
-        out = model(ids[i : i + 1], labels=ids[i : i + 1])
-        out.loss.backward()
-        for n, p in params.items():
-            fisher[n] += p.grad.detach().square() / ids.shape[0]
-    model.zero_grad(set_to_none=True)
-    model.requires_grad_(False)
-    return fisher
-
-
-@torch.no_grad()
-def fisher_table(bench: Bench, windows: int = 8, seq_len: int = 512) -> SensitivityTable:
-    """``loss[u, o] = 1/2 sum_ij F_ij dW_ij^2`` (second-order end-to-end loss increase) with dW
-    the option's RTN error and F the empirical Fisher diagonal on calibration windows."""
-    from allocator.profile.options import parse_options
-    from allocator.quant.compress import compress_weight
-
-    model = fresh_model()
-    loaded_tok = load_model("smollm2").tokenizer
-    ids = token_windows(loaded_tok, default_calibration_text(), seq_len=seq_len,
-                        n_windows=windows, seed=1)  # fmt: skip
-    names = [u.name for u in bench.units]
-    with torch.enable_grad():
-        fisher = fisher_diag(model, ids, names, bench.quiet)
-    options = parse_options(OURS_GRID)
-    losses = {}
-    for unit in tqdm(bench.units, desc="fisher table", disable=bench.quiet):
-        weight = model.get_submodule(unit.name).weight.detach().float()
-        losses[unit.name] = {
-            o.key: 0.5
-            * float((fisher[unit.name] * (compress_weight(weight, o) - weight).square()).sum())
-            for o in options
-        }
-    return SensitivityTable(units=bench.units, options=options, losses=losses,
-                            provenance={"estimator": "fisher(benchmark)",
-                                        "settings": {"windows": windows, "seq_len": seq_len,
-                                                     "seed": 1, "options": OURS_GRID}})  # fmt: skip
-
-
-def ours_table(bench: Bench) -> SensitivityTable:
-    """The table for ours (empirical Fisher x RTN error, cached in benchmarks/results/tables)."""
-    path = TABLES / "smollm2_fisher_bench.json"
-    if path.is_file():
-        return load_table(path)
-    tab = fisher_table(bench)
-    save_table(tab, path)
-    return tab
 
 
 def exl2_objective(tab: SensitivityTable) -> SensitivityTable:
@@ -212,82 +191,96 @@ def rule_plan(bench: Bench, budget: float, kind: str) -> Plan:
     )
 
 
-def with_method(plan: Plan, method: str) -> Plan:
-    """The same plan with every option's quantizer set to ``method``."""
-    assignments = [
-        a.model_copy(update={"option": a.option.model_copy(update={"method": method})})
-        for a in plan.assignments
-    ]
-    return plan.model_copy(update={"assignments": assignments})
-
-
 def refined_plan(bench: Bench, budget: float) -> Plan:
-    """Ours after closed-loop refinement (KL of the plan per layer group on 4 calib windows)."""
-    from allocator.pipeline import Job, RunSettings, SubsetMeasurer
+    """Ours after closed-loop refinement: the plan's KL per layer group on calibration windows
+    (RTN weights, 8 x 256 tokens), tables rescaled, re-solved, best measured plan kept."""
     from allocator.refine import refine
-    from allocator.solve.api import solve
 
-    if "measurer" not in bench.cache:
-        job = Job(RunSettings(method="gptq"), not bench.quiet, lambda _m: None)
-        bench.cache["measurer"] = SubsetMeasurer(job, 4)
-    tab = ours_table(bench)
-    result = refine(tab, Constraints.simple(budget), bench.cache["measurer"],
-                    lambda t, c: solve(t, c), rounds=3)  # fmt: skip
+    by_name = {u.name: u for u in bench.units}
+    measure = lambda choice: states(bench).measure_choice(by_name, choice)  # noqa: E731
+    result = refine(dense(cached_table(bench, "kl")), Constraints.simple(budget), measure,
+                    lambda t, c: solve_table(t, budget), rounds=3)  # fmt: skip
     atomic_write_text(RESULTS / f"refine@{budget}.json", json.dumps(result.summary(), indent=1))
     return result.plan
 
 
+def kl_plan(bench: Bench, budget: float, sparse: bool = False, solver: str = "auto") -> Plan:
+    tab = cached_table(bench, "kl")
+    return solve_table(tab if sparse else dense(tab), budget, solver)
+
+
 # name -> (description, plan builder, quantizer)
 METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
-    "ours": (
-        "ours: Fisher table, exact solve, GPTQ",
-        lambda b, x: solve_table(ours_table(b), x),
+    "ours": ("ours: single-unit KL table, exact solve, GPTQ", kl_plan, "gptq"),
+    "uniform": ("uniform, RTN", lambda b, x: rule_plan(b, x, "uniform"), "rtn"),
+    "llama": ("llama.cpp Q4_K_M rule, RTN", lambda b, x: rule_plan(b, x, "llama"), "rtn"),
+    "uniform_gptq": ("uniform, GPTQ", lambda b, x: rule_plan(b, x, "uniform"), "gptq"),
+    "llama_gptq": ("llama.cpp Q4_K_M rule, GPTQ", lambda b, x: rule_plan(b, x, "llama"), "gptq"),
+    "ours_rtn": ("ours (KL table, exact), RTN", kl_plan, "rtn"),
+    "ours_refined": ("ours + closed-loop refinement, GPTQ", refined_plan, "gptq"),
+    "ours_sparse": (
+        "ours + sparsity options (KL table), GPTQ/SparseGPT",
+        lambda b, x: kl_plan(b, x, sparse=True),
         "gptq",
     ),
-    "uniform": ("uniform RTN", lambda b, x: rule_plan(b, x, "uniform"), "rtn"),
-    "llama": ("llama.cpp Q4_K_M rule, RTN", lambda b, x: rule_plan(b, x, "llama"), "rtn"),
-    "uniform_gptq": ("uniform GPTQ", lambda b, x: rule_plan(b, x, "uniform"), "gptq"),
     "lim": ("LIM layer ordering, RTN", lambda b, x: rule_plan(b, x, "lim"), "rtn"),
     "hawq": (
-        "HAWQ-V3: Hutchinson trace table, ILP, RTN",
-        lambda b, x: solve_table(table("smollm2_hutchinson_g128.json"), x, "ilp"),
+        "HAWQ-V3: Hutchinson trace x ||dW||^2, ILP, RTN",
+        lambda b, x: solve_table(cached_table(b, "hutchinson"), x, "ilp"),
         "rtn",
     ),
     "baq": (
-        "BAQ equal-loss closed form on hessian table, RTN",
-        lambda b, x: solve_table(table("smollm2_hessian_g128.json"), x, "equal_loss"),
+        "BAQ-style equal-loss closed form on the KL table, RTN",
+        lambda b, x: kl_plan(b, x, solver="equal_loss"),
         "rtn",
     ),
     "exl2": (
         "ExLlamaV2-style: block_error, prod(1-err) objective, RTN",
-        lambda b, x: solve_table(exl2_objective(table("smollm2_block_error_g128.json")), x),
+        lambda b, x: solve_table(exl2_objective(cached_table(b, "block_error")), x),
         "rtn",
     ),
-    "ours_refined": ("ours + closed-loop refinement, GPTQ", refined_plan, "gptq"),
-    "ours_sparse": (
-        "ours + sparsity options (KL table), GPTQ/SparseGPT",
-        lambda b, x: solve_table(table("smollm2_kl_sparse_g128.json"), x),
+    "fisher": (
+        "Fisher table, exact solve, GPTQ",
+        lambda b, x: solve_table(cached_table(b, "fisher"), x),
         "gptq",
     ),
 }
 
 
+def densify(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace QuantLinear modules by nn.Linear holding their dequantized weight (for devices
+    where the low-bit kernels are not what is measured)."""
+    from allocator.quant.quant_linear import QuantLinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            weight = module.dequantized_weight(torch.float32)
+            bias = getattr(module, "bias", None)
+            linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            linear.weight.data = weight
+            if bias is not None:
+                linear.bias.data = bias.detach().float()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
+
+
 @torch.no_grad()
 def quantize(bench: Bench, plan: Plan, quantizer: str) -> torch.nn.Module:
-    """A fresh model with the plan applied (RTN fake-quant, or the executor's GPTQ apply_plan)."""
-    model = fresh_model()
+    """A fresh model with the plan applied on the CPU (RTN fake-quant, or the executor's
+    sequential GPTQ ``apply_plan``), moved to the evaluation device."""
+    model = fresh_model("cpu")
     if quantizer == "gptq":
         from allocator.quant.apply import apply_plan
 
-        return apply_plan(
-            model, with_method(plan, "gptq"), bench.calib_ids, progress=not bench.quiet
-        )
+        model = apply_plan(model, plan, bench.calib_ids, method="gptq", progress=not bench.quiet)
+        return densify(model).to(CONFIG["device"])
     from allocator.quant.compress import compress_weight
 
     for a in plan.assignments:
         module = model.get_submodule(a.unit)
         module.weight.data = compress_weight(module.weight.data, a.option).to(module.weight.dtype)
-    return model
+    return model.to(CONFIG["device"])
 
 
 def run_row(bench: Bench, name: str, budget: float) -> dict[str, Any]:
@@ -344,11 +337,11 @@ def write_markdown(base: dict[str, Any]) -> None:
             f"{r['size_bytes'] / 1e6:.2f} | {r['perplexity']:.2f} | {r['kl']:.4f} | "
             f"{r['predicted_loss']:.4g} | {r['alloc_s']:.1f} | {r['quantize_s']:.1f} | {r['eval_s']:.1f} |"
         )
-    atomic_write_text(ROOT / "results" / "quality.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS.parent / f"{RESULTS.name}.md", "\n".join(lines) + "\n")
 
 
-def setup(quiet: bool, calib_windows: int) -> tuple[Bench, dict[str, Any]]:
-    loaded = load_model("smollm2")
+def setup(quiet: bool, calib_windows: int, cache_reference: bool) -> tuple[Bench, dict[str, Any]]:
+    loaded = load_model(CONFIG["model"])
     tok = loaded.tokenizer
     eval_ids = token_windows(
         tok, default_evaluation_text(), seq_len=512, n_windows=32, contiguous=True
@@ -356,14 +349,20 @@ def setup(quiet: bool, calib_windows: int) -> tuple[Bench, dict[str, Any]]:
     calib_ids = token_windows(
         tok, default_calibration_text(), seq_len=512, n_windows=calib_windows, seed=0
     )
-    ref_path = cache_dir() / "quality" / f"ref_{loaded.model_hash[:12]}_persuasion_32x512.npy"
-    ref_path.parent.mkdir(parents=True, exist_ok=True)
-    reference_logprobs(loaded.model, eval_ids, ref_path, quiet)
-    bench = Bench(find_units(loaded.model), eval_ids, calib_ids, ref_path, quiet)
+    bench = Bench(find_units(loaded.model), eval_ids, calib_ids, quiet)
+    if cache_reference:
+        bench.ref_path = (
+            cache_dir() / "quality" / f"ref_{loaded.model_hash[:12]}_persuasion_32x512.npy"
+        )
+        bench.ref_path.parent.mkdir(parents=True, exist_ok=True)
+        reference_logprobs(loaded.model, eval_ids, bench.ref_path, quiet)
+    else:
+        bench.ref_model = loaded.model.to(CONFIG["device"])
     base_file = RESULTS / "unmodified.json"
     if base_file.is_file():
         return bench, json.loads(base_file.read_text())
-    base = {"perplexity": cached_perplexity(bench), "kl": 0.0}
+    ppl, _ = evaluate(bench.ref_model or fresh_model(CONFIG["device"]), bench)
+    base = {"perplexity": ppl, "kl": 0.0, "device": CONFIG["device"]}
     atomic_write_text(base_file, json.dumps(base, indent=1) + "\n")
     return bench, base
 
@@ -371,23 +370,37 @@ def setup(quiet: bool, calib_windows: int) -> tuple[Bench, dict[str, Any]]:
 def main(
     methods: str = typer.Option(",".join(METHODS), help="comma-separated method names"),
     budgets: str = typer.Option(",".join(str(b) for b in BUDGETS), help="bits per weight"),
-    calib_windows: int = typer.Option(32, help="calibration windows of 512 tokens (GPTQ, LIM)"),
+    calib_windows: int = typer.Option(32, help="calibration windows of 512 tokens (GPTQ)"),
+    model: str = typer.Option("smollm2", help="model spec ('smollm2' or a .gguf path)"),
+    device: str = typer.Option("cpu", help="device for evaluation and table measurement"),
+    results: Path = typer.Option(RESULTS, help="folder of cached rows"),  # noqa: B008
+    tables: Path = typer.Option(TABLES, help="folder of cached tables"),  # noqa: B008
+    stop_at: float = typer.Option(0.0, help="unix time after which no new row starts (0 = none)"),
+    cache_reference: bool = typer.Option(True, help="cache reference log-probs on disk (CPU)"),
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Run the quality benchmark; rows already cached are not recomputed."""
+    global RESULTS, TABLES
+    RESULTS, TABLES = results, tables
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    CONFIG.update(model=model, device=device)
     torch.manual_seed(0)
-    bench, base = setup(quiet, calib_windows)
+    bench, base = setup(quiet, calib_windows, cache_reference and device == "cpu")
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for budget in [float(b) for b in budgets.split(",")]:
         for name in names:
+            if stop_at and time.time() > stop_at:
+                print(f"stop time reached; {name}@{budget} not started", flush=True)
+                continue
             try:
                 row = run_row(bench, name, budget)
-            except (FileNotFoundError, ImportError) as exc:
-                print(f"skip {name}@{budget}: {exc}", file=sys.stderr)
+            except Exception as exc:  # one broken method must not lose the others' rows
+                traceback.print_exc()
+                print(f"FAILED {name}@{budget}: {exc!r}", flush=True)
                 continue
             print(
                 f"{budget:5} {name:14} bits {row['avg_bits']:.3f} ppl {row['perplexity']:8.2f} "
-                f"kl {row['kl']:.4f}",
+                f"kl {row['kl']:.4f} ({row['quantize_s'] + row['eval_s'] + row['alloc_s']:.0f}s)",
                 flush=True,
             )
             write_markdown(base)
