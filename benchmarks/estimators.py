@@ -27,6 +27,23 @@ from allocator.schema.table import SensitivityTable
 
 TABLES = Path(__file__).parent / "results" / "tables"
 GRID = "bits=2,3,4,5,6 group=128"
+REPRODUCE = [
+    "Notes: hessian_kl is fit to the measured b3 points, so its rho on that column is 1 by",
+    "construction; its other columns are extrapolated. Tables were made with (OMP_NUM_THREADS=1):",
+    "",
+    "```",
+    "T=benchmarks/results/tables; G='bits=2,3,4,5,6 group=128'",
+    "allocator profile --estimator hessian --options 'bits=2,3,4,5,6,8 group=128' --windows 64 \\",
+    "  --seq-len 512 --out $T/smollm2_hessian_g128.json",
+    'allocator profile --estimator hessian_kl --options "$G" --windows 8 --seq-len 256 \\',
+    "  --set reference=b3-g128 --set kl_windows=1 --set kl_seq_len=128 \\",
+    "  --out $T/smollm2_hessian_kl_g128.json --resume",
+    "for e in 'zd 1 16' 'lim 8 256' 'fisher 8 256' 'hessian_diag 8 256'; do set -- $e",
+    '  allocator profile --estimator $1 --options "$G" --windows $2 --seq-len $3 \\',
+    "    --out $T/smollm2_$1_g128.json; done",
+    "python benchmarks/estimators.py",
+    "```",
+]
 
 
 def table_for(name: str, rerun: bool) -> SensitivityTable:
@@ -107,6 +124,7 @@ def main() -> None:
         ratio = f"{seconds / base:.2f}x" if base and seconds else "-"
         cells = [f"{rho[c]:.3f}" if c in rho else "-" for c in ["all", *columns]]
         lines.append(f"| {name} | {budget} | {seconds} | {ratio} | " + " | ".join(cells) + " |")
+    lines += ["", *REPRODUCE]
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.out, text)
     print(text)
