@@ -117,6 +117,19 @@ def evaluate(model: torch.nn.Module, bench: Bench) -> tuple[float, float]:
     return float(np.exp(nll / n_pred)), kl / count
 
 
+@torch.no_grad()
+def reference_perplexity(bench: Bench) -> float:
+    """The unmodified model's perplexity from the reference (cached log-probs or the model)."""
+    nll = 0.0
+    for i in range(bench.eval_ids.shape[0]):
+        ids = bench.eval_ids[i : i + 1]
+        if bench.ref_model is not None:
+            ids = ids.to(next(bench.ref_model.parameters()).device)
+        logp = _reference(bench, i, ids)
+        nll -= float(logp[:-1].gather(1, ids[0, 1:, None].to(logp.device)).sum())
+    return float(np.exp(nll / (bench.eval_ids.shape[0] * (bench.eval_ids.shape[1] - 1))))
+
+
 def states(bench: Bench) -> qt.CleanStates:
     """Clean hidden states on 8 calibration windows x 256 tokens (for kl/block_error/LIM)."""
     if "states" not in bench.cache:
@@ -239,8 +252,13 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
         lambda b, x: solve_table(exl2_objective(cached_table(b, "block_error")), x),
         "rtn",
     ),
+    "fisher_rtn": (
+        "ours: Fisher table (groups 64/128/256/c), exact solve, RTN",
+        lambda b, x: solve_table(cached_table(b, "fisher"), x),
+        "rtn",
+    ),
     "fisher": (
-        "Fisher table, exact solve, GPTQ",
+        "ours: Fisher table (groups 64/128/256/c), exact solve, GPTQ",
         lambda b, x: solve_table(cached_table(b, "fisher"), x),
         "gptq",
     ),
@@ -361,8 +379,7 @@ def setup(quiet: bool, calib_windows: int, cache_reference: bool) -> tuple[Bench
     base_file = RESULTS / "unmodified.json"
     if base_file.is_file():
         return bench, json.loads(base_file.read_text())
-    ppl, _ = evaluate(bench.ref_model or fresh_model(CONFIG["device"]), bench)
-    base = {"perplexity": ppl, "kl": 0.0, "device": CONFIG["device"]}
+    base = {"perplexity": reference_perplexity(bench), "kl": 0.0, "device": CONFIG["device"]}
     atomic_write_text(base_file, json.dumps(base, indent=1) + "\n")
     return bench, base
 
@@ -371,6 +388,7 @@ def main(
     methods: str = typer.Option(",".join(METHODS), help="comma-separated method names"),
     budgets: str = typer.Option(",".join(str(b) for b in BUDGETS), help="bits per weight"),
     calib_windows: int = typer.Option(32, help="calibration windows of 512 tokens (GPTQ)"),
+    eval_windows: int = typer.Option(32, help="evaluation windows of 512 tokens (first n)"),
     model: str = typer.Option("smollm2", help="model spec ('smollm2' or a .gguf path)"),
     device: str = typer.Option("cpu", help="device for evaluation and table measurement"),
     results: Path = typer.Option(RESULTS, help="folder of cached rows"),  # noqa: B008
@@ -386,6 +404,13 @@ def main(
     CONFIG.update(model=model, device=device)
     torch.manual_seed(0)
     bench, base = setup(quiet, calib_windows, cache_reference and device == "cpu")
+    if eval_windows < bench.eval_ids.shape[0]:
+        bench.eval_ids = bench.eval_ids[:eval_windows]
+        base_file = RESULTS / "unmodified.json"
+        if "eval_windows" not in base:
+            ppl = reference_perplexity(bench)
+            base = {"perplexity": ppl, "kl": 0.0, "device": device, "eval_windows": eval_windows}
+            atomic_write_text(base_file, json.dumps(base, indent=1) + "\n")
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for budget in [float(b) for b in budgets.split(",")]:
         for name in names:
