@@ -132,7 +132,10 @@ def profile(
     if "imatrix" in extra:
         record["imatrix"] = True
     digest = settings_hash({**record, "model_hash": loaded.model_hash})
-    extra.update(journal=journal, resume=resume, settings_hash=digest)
+    # measured points do not depend on which proxy is calibrated to them: journals are shared
+    measured = {k: v for k, v in record.items() if k != "proxy"}
+    journal_hash = settings_hash({**measured, "model_hash": loaded.model_hash})
+    extra.update(journal=journal, resume=resume, settings_hash=digest, journal_hash=journal_hash)
     ctx = ProfileContext(
         model=loaded.model,
         input_ids=input_ids,

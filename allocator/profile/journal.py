@@ -63,5 +63,6 @@ def open_journal(ctx: Any, name: str) -> Journal | None:
     path = ctx.settings.get("journal")
     if not path:
         return None
-    header = {"estimator": name, "settings_hash": ctx.settings.get("settings_hash")}
+    digest = ctx.settings.get("journal_hash") or ctx.settings.get("settings_hash")
+    header = {"estimator": name, "settings_hash": digest}
     return Journal(path, header, bool(ctx.settings.get("resume")))

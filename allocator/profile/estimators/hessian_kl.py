@@ -43,7 +43,6 @@ def hessian_kl_losses(ctx: Any) -> dict[str, dict[str, float]]:
     n = int(ctx.settings.get("kl_windows", 8))
     length = int(ctx.settings.get("kl_seq_len", 256))
     kl_ids = ctx.input_ids[:n, :length]
-    ctx.capture()
     meter = KLMeter(ctx, kl_ids)
     measured = journaled_rows(
         ctx, "hessian_kl", lambda unit: meter.measure_options(unit, references)
