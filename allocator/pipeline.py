@@ -29,8 +29,8 @@ from allocator.errors import InputError
 from allocator.schema import Constraints, Plan, SensitivityTable
 from allocator.schema.io import atomic_write_text, load_plan, load_table, save_plan, save_table
 
-DEFAULT_ESTIMATOR = "kl"
-DEFAULT_OPTIONS = "bits=2,3,4,5,6 group=128"
+DEFAULT_ESTIMATOR = "fisher"
+DEFAULT_OPTIONS = "bits=2,3,4,5,6 group=64,128,256,c"
 
 
 class RunSettings(BaseModel):
