@@ -99,3 +99,18 @@ def test_cli_errors_exit_with_one_line(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["profile", "--device", "cuda", "--out", out]) == 4
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_calibrated_proxies_share_measured_points(tiny_model, tiny_ids, tmp_path, monkeypatch):
+    journal = tmp_path / "points.jsonl"
+    settings = {"kl_windows": 2, "kl_seq_len": 16}
+    profile(tiny_model, tiny_ids, "hessian_kl", GRID, progress=False, journal=journal,
+            settings=settings)  # fmt: skip
+
+    def never(self, unit, options):
+        raise AssertionError("measured again although the journal holds the points")
+
+    monkeypatch.setattr(KLMeter, "measure_options", never)
+    table = profile(tiny_model, tiny_ids, "hessian_kl", GRID, progress=False, journal=journal,
+                    resume=True, settings={**settings, "proxy": "hessian_diag"})  # fmt: skip
+    assert table.provenance.settings["proxy"] == "hessian_diag"
