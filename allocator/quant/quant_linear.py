@@ -22,14 +22,14 @@ from allocator.quant.sparse_storage import SparsePackedWeight, pack_sparse
 from allocator.schema.option import Option
 
 
-def _kernel_op() -> Any:
-    """``torch.ops.allocator.quant_matmul`` if the kernels package registers it, else None."""
+def _kernel_op(name: str = "quant_matmul") -> Any:
+    """``torch.ops.allocator.<name>`` if the kernels package registers it, else None."""
     try:
         import allocator.kernels.ops  # noqa: F401
     except Exception:
         return None
     namespace = getattr(torch.ops, "allocator", None)
-    return getattr(namespace, "quant_matmul", None) if namespace is not None else None
+    return getattr(namespace, name, None) if namespace is not None else None
 
 
 class QuantLinear(nn.Module):
@@ -191,14 +191,28 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = getattr(self, "bias", None)
-        if x.is_cuda and self.pattern == "dense":
-            op = _kernel_op()
-            if op is not None:
-                y = op(x, self._planes("plane"), self.scales, self._zeros(), self.bits,
-                       self.group_size, self.in_features)  # fmt: skip
+        if x.is_cuda:
+            y = self.kernel_forward(x)
+            if y is not None:
                 return y if bias is None else y + bias.to(y.dtype)
         weight = self.dequantized_weight(x.dtype)
         return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+    def is_24(self) -> bool:
+        """2:4 layout that the kernels' ``quant_matmul_24`` reads (same kept/index planes)."""
+        nm = self.layout_info.get("nm")
+        return self.pattern == "nm" and nm is not None and tuple(nm) == (2, 4)
+
+    def kernel_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``x @ W^T`` through the kernels' custom op (any device it supports), or None."""
+        args = (self.scales, self._zeros(), self.bits, self.group_size, self.in_features)
+        if self.pattern == "dense":
+            op = _kernel_op("quant_matmul")
+            return None if op is None else op(x, self._planes("plane"), *args)
+        if self.is_24() and self.group_size % 4 == 0:
+            op = _kernel_op("quant_matmul_24")
+            return None if op is None else op(x, self._planes("plane"), self.index0, *args)
+        return None
 
     def extra_repr(self) -> str:
         return (

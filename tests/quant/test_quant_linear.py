@@ -64,3 +64,15 @@ def test_dtype_and_cache_follow_input():
     y64 = module(x.double())
     assert y64.dtype == torch.float64
     torch.testing.assert_close(y64.float(), y32)
+
+
+@pytest.mark.parametrize("key", ["b3-g64", "b4-g128-sym", "b4-g64-2:4", "b3-g32-2:4"])
+def test_kernel_op_reads_our_layout(key):
+    """The kernels' custom ops (reference path on CPU) agree with QuantLinear's dequantization."""
+    torch.manual_seed(1)
+    module = QuantLinear.from_linear(nn.Linear(256, 48, bias=False), Option.parse(key))
+    x = torch.randn(3, 256)
+    y = module.kernel_forward(x)
+    if y is None:
+        pytest.skip("allocator.kernels does not register the op")
+    torch.testing.assert_close(y, module(x), rtol=1e-4, atol=1e-4)
