@@ -204,16 +204,17 @@ def rule_plan(bench: Bench, budget: float, kind: str) -> Plan:
     )
 
 
-def refined_plan(bench: Bench, budget: float) -> Plan:
-    """Ours after closed-loop refinement: the plan's KL per layer group on calibration windows
-    (RTN weights, 8 x 256 tokens), tables rescaled, re-solved, best measured plan kept."""
+def refined_plan(bench: Bench, budget: float, name: str = "kl") -> Plan:
+    """Closed-loop refinement of a table's plan: the plan's KL per layer group on calibration
+    windows (RTN weights, 8 x 256 tokens), table rescaled, re-solved, best measured plan kept."""
     from allocator.refine import refine
 
     by_name = {u.name: u for u in bench.units}
     measure = lambda choice: states(bench).measure_choice(by_name, choice)  # noqa: E731
-    result = refine(dense(cached_table(bench, "kl")), Constraints.simple(budget), measure,
+    result = refine(dense(cached_table(bench, name)), Constraints.simple(budget), measure,
                     lambda t, c: solve_table(t, budget), rounds=3)  # fmt: skip
-    atomic_write_text(RESULTS / f"refine@{budget}.json", json.dumps(result.summary(), indent=1))
+    out = RESULTS / f"refine_{name}@{budget}.json"
+    atomic_write_text(out, json.dumps(result.summary(), indent=1))
     return result.plan
 
 
@@ -251,6 +252,16 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
         "ExLlamaV2-style: block_error, prod(1-err) objective, RTN",
         lambda b, x: solve_table(exl2_objective(cached_table(b, "block_error")), x),
         "rtn",
+    ),
+    "fisher_refined_rtn": (
+        "ours: Fisher table + closed-loop refinement, RTN",
+        lambda b, x: refined_plan(b, x, "fisher"),
+        "rtn",
+    ),
+    "fisher_refined": (
+        "ours: Fisher table + closed-loop refinement, GPTQ",
+        lambda b, x: refined_plan(b, x, "fisher"),
+        "gptq",
     ),
     "fisher_rtn": (
         "ours: Fisher table (groups 64/128/256/c), exact solve, RTN",

@@ -190,6 +190,7 @@ def test_run_on_smollm2_smoke(tmp_path: Path) -> None:
     out = tmp_path / "smollm2"
     settings = RunSettings(
         estimator="hessian",
+        options="bits=3,4,5 group=128",
         profile_windows=2,
         profile_seq_len=128,
         quant_windows=2,
