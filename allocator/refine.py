@@ -7,9 +7,9 @@ sum (errors interact across layers). Each round here:
 2. splits the units into ``n_groups`` contiguous layer groups and measures the plan restricted to
    each group (only that group's units compressed, the rest unmodified);
 3. scales every loss of a group's units by ``measured_g / predicted_g`` (damped by ``damping``
-   in log space, clipped to ``[1/max_scale, max_scale]``), so the table's relative scale across
-   layer groups matches what the model does; a common factor would not change the plan, so only
-   these ratios matter;
+   in log space, divided by the groups' geometric mean, clipped to ``[1/max_scale, max_scale]``),
+   so the table's relative scale across layer groups matches what the model does; a common
+   factor would not change the plan, so only these ratios matter;
 4. re-solves. It stops when the plan repeats or after ``rounds`` rounds, and returns the plan
    with the lowest measured loss (the first plan counts, so refinement never reports a plan
    that measured worse than the unrefined one on the measurement data).
@@ -105,11 +105,18 @@ def scale_table(
     return table.model_copy(update={"losses": losses})
 
 
-def _group_scale(measured: float, predicted: float, damping: float, max_scale: float) -> float:
+def _group_scales(
+    measured: Sequence[float], predicted: Sequence[float], damping: float, max_scale: float
+) -> list[float]:
+    """Per-group ``(measured / predicted) ** damping``, divided by their geometric mean (a common
+    factor does not change the plan, and a table may be on any absolute scale), then clipped."""
     floor = 1e-12
-    ratio = max(measured, floor) / max(predicted, floor)
-    scale = math.exp(damping * math.log(ratio))
-    return min(max(scale, 1.0 / max_scale), max_scale)
+    logs = [
+        damping * math.log(max(m, floor) / max(p, floor))
+        for m, p in zip(measured, predicted, strict=True)
+    ]
+    centre = sum(logs) / len(logs)
+    return [min(max(math.exp(x - centre), 1.0 / max_scale), max_scale) for x in logs]
 
 
 def refine(
@@ -144,10 +151,9 @@ def refine(
                 now = sum(current.losses[u].get(choice[u].key, 0.0) for u in group)
                 step.group_predicted.append(now)
                 step.group_measured.append(measure({u: choice[u] for u in group}))
-            step.scales = [
-                _group_scale(m, p, damping, max_scale)
-                for m, p in zip(step.group_measured, step.group_predicted, strict=True)
-            ]
+            step.scales = _group_scales(
+                step.group_measured, step.group_predicted, damping, max_scale
+            )
             current = scale_table(current, groups, step.scales)
         history.append(step)
         if on_round is not None:

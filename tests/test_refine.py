@@ -80,8 +80,10 @@ def test_refine_recovers_group_factors_and_improves_the_plan() -> None:
     measure, calls = hidden_truth(table, factor)
     result = refine(table, constraints, measure, exact_solve, rounds=3, n_groups=4)
     first = result.rounds[0]
-    # round 0 measures whole plan + 4 groups; the scales equal the hidden factors
-    assert first.scales == pytest.approx([30.0, 1.0, 1.0, 0.05])
+    # round 0 measures whole plan + 4 groups; the scales are the hidden factors up to a
+    # common factor (their geometric mean)
+    centre = (30.0 * 1.0 * 1.0 * 0.05) ** 0.25
+    assert first.scales == pytest.approx([30.0 / centre, 1.0 / centre, 1.0 / centre, 0.05 / centre])
     truth = SensitivityTable(
         units=table.units,
         options=OPTIONS,
@@ -95,6 +97,18 @@ def test_refine_recovers_group_factors_and_improves_the_plan() -> None:
     assert result.improved and result.rounds[0].measured > optimum
     assert result.plan.size_bits <= result.plan.budget_bits
     assert calls[:5] == [8, 2, 2, 2, 2]
+
+
+def test_a_table_on_another_absolute_scale_still_gets_relative_corrections() -> None:
+    table = make_table(8)
+    constraints = Constraints.simple(3.0 + 32 / 128)
+    factor = {0: 3000.0, 1: 100.0, 2: 100.0, 3: 5.0}  # every group 100x+ off, unevenly
+    measure, _ = hidden_truth(table, factor)
+    result = refine(table, constraints, measure, exact_solve, rounds=3, n_groups=4)
+    scales = result.rounds[0].scales
+    assert scales[0] / scales[1] == pytest.approx(30.0) and scales[3] / scales[1] == pytest.approx(
+        0.05
+    )
 
 
 def test_refine_stops_when_the_plan_repeats_and_never_reports_worse() -> None:
