@@ -349,6 +349,7 @@ def run_row(bench: Bench, name: str, budget: float) -> dict[str, Any]:
 
 def write_markdown(base: dict[str, Any]) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*@*.json"))]
+    rows = [r for r in rows if "method" in r]
     lines = [
         "# Quality benchmark (SmolLM2-135M, eval Persuasion 32 x 512, calib P&P + S&S)",
         "",
