@@ -28,8 +28,9 @@ from allocator.schema.table import SensitivityTable
 TABLES = Path(__file__).parent / "results" / "tables"
 GRID = "bits=2,3,4,5,6 group=128"
 REPRODUCE = [
-    "Notes: hessian_kl is fit to the measured b3 points, so its rho on that column is 1 by",
-    "construction; its other columns are extrapolated. Tables were made with (OMP_NUM_THREADS=1):",
+    "Notes: hessian_kl and fisher_kl are fit to b3 KL measured on another 128-token window than",
+    "the kl table's, so their b3 rho shows how well two small KL samples agree; their other",
+    "columns are extrapolated from that one point. Tables were made with (OMP_NUM_THREADS=1):",
     "",
     "```",
     "T=benchmarks/results/tables; G='bits=2,3,4,5,6 group=128'",
@@ -41,6 +42,17 @@ REPRODUCE = [
     "for e in 'zd 1 16' 'lim 8 256' 'fisher 8 256' 'hessian_diag 8 256'; do set -- $e",
     '  allocator profile --estimator $1 --options "$G" --windows $2 --seq-len $3 \\',
     "    --out $T/smollm2_$1_g128.json; done",
+    'allocator profile --estimator kl --options "$G" --windows 1 --seq-len 128 \\',
+    "  --out $T/smollm2_kl_g128.json --resume",
+    'allocator profile --calibrate kl --estimator fisher --options "$G" --windows 8 \\',
+    "  --seq-len 256 --set reference=b3-g128 --set kl_windows=1 --set kl_seq_len=128 --resume \\",
+    "  --journal $T/smollm2_hessian_kl_g128.json.journal.jsonl --out $T/smollm2_fisher_kl_g128.json",
+    'allocator profile --estimator hutchinson --options "$G" --windows 1 --seq-len 128 \\',
+    "  --set probes=2 --out $T/smollm2_hutchinson_g128.json",
+    'allocator profile --estimator zo --options "$G" --windows 2 --seq-len 128 --set probes=8 \\',
+    "  --out $T/smollm2_zo_g128.json",
+    'allocator profile --estimator block_error --options "$G" --windows 2 --seq-len 128 \\',
+    "  --out $T/smollm2_block_error_g128.json",
     "python benchmarks/estimators.py",
     "```",
 ]
@@ -87,11 +99,15 @@ def correlations(table: SensitivityTable, points: dict[tuple[str, str], float]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--estimators", default="hessian,hessian_diag,fisher,lim,zd,hessian_kl")
+    parser.add_argument(
+        "--estimators",
+        default="hessian,hessian_diag,fisher,hutchinson,block_error,lim,zd,zo,hessian_kl,fisher_kl",
+    )
     parser.add_argument("--reference", default=str(TABLES / "smollm2_kl_g128.json"))
     parser.add_argument(
         "--reference-journal",
-        default=str(TABLES / "smollm2_hessian_kl_g128.json.journal.jsonl"),
+        default="",
+        help="also use the points a calibrated run measured (overrides the kl table's)",
     )
     parser.add_argument("--rerun", action="store_true", help="profile again even if saved")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "estimators.md"))
