@@ -1,6 +1,7 @@
 """Uniform-option perplexity of SmolLM2-135M under one quantizer (the executor's check).
 
-Usage: ``python benchmarks/executor_uniform.py KEY METHOD CALIB_WINDOWS [eval|noeval] [THREADS]``
+Usage: ``python benchmarks/executor_uniform.py KEY METHOD CALIB_WINDOWS [eval|noeval] [THREADS]
+[act-order]``
 e.g. ``python benchmarks/executor_uniform.py b3-g128 gptq 32 eval 1``. Calibration: random
 512-token windows of Pride and Prejudice + Sense and Sensibility (seed 0); evaluation: the first
 32 x 512 tokens of Persuasion (DESIGN.md §8). Prints apply time, avg bits and perplexity.
@@ -37,7 +38,12 @@ def main(argv: list[str]) -> None:
     began = time.time()
     plan = uniform_plan(loaded.model, key)
     apply_plan(
-        loaded.model, plan, calib if method != "rtn" else None, method=method, progress=False
+        loaded.model,
+        plan,
+        calib if method != "rtn" else None,
+        method=method,
+        act_order=len(argv) > 5 and argv[5] == "act-order",
+        progress=False,
     )
     print(key, method, "apply s", round(time.time() - began, 1), "avg bits", plan.avg_bits)
     if len(argv) > 3 and argv[3] == "noeval":
