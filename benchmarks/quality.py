@@ -351,7 +351,8 @@ def write_markdown(base: dict[str, Any]) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*@*.json"))]
     rows = [r for r in rows if "method" in r]
     lines = [
-        "# Quality benchmark (SmolLM2-135M, eval Persuasion 32 x 512, calib P&P + S&S)",
+        f"# Quality benchmark (SmolLM2-135M, eval Persuasion {base.get('eval_windows', 32)} x 512, "
+        "calib P&P + S&S)",
         "",
         f"Unmodified: perplexity {base['perplexity']:.2f}. Sizes count block linear layers with "
         "fp16 scale + zero per group. KL = mean KL(original || compressed) per token, nats.",
