@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
         calib_windows: Annotated[int, typer.Option("--calib-windows", min=1)] = 32,
         seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 512,
         seed: Annotated[int, typer.Option("--seed")] = 0,
-        act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ act-order")] = False,
+        act_order: Annotated[
+            bool, typer.Option("--act-order/--no-act-order", help="GPTQ act-order")
+        ] = True,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
     ) -> None:
         """Compress a model by a plan and save it as a packed checkpoint."""

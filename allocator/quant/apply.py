@@ -101,7 +101,7 @@ def compress_unit(
     hessian: torch.Tensor | None = None,
     act_sq: torch.Tensor | None = None,
     *,
-    act_order: bool = False,
+    act_order: bool = True,
 ) -> None:
     """Compress one linear layer in place (QuantLinear, or an fp16-rounded nn.Linear)."""
     linear = model.get_submodule(name)
@@ -195,7 +195,7 @@ def apply_plan(
     calib_windows: torch.Tensor | None = None,
     *,
     method: str | None = None,
-    act_order: bool = False,
+    act_order: bool = True,
     batch_size: int = 8,
     progress: bool = True,
 ) -> nn.Module:

