@@ -194,7 +194,7 @@ def markdown(rows: list[Row], header: dict[str, object]) -> str:
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
-        status = r.status + (f" ({r.note})" if r.note else "")
+        status = f"{r.status}" + (f" ({r.note})" if r.note else "")
         lines.append(
             f"| {r.n_units:,} | {r.n_options} | {r.grid} | {r.solver} | {_fmt(r.seconds, '.4f')} | "
             f"{_fmt(r.cpu_s, '.4f')} | {_fmt(r.speedup, '.1f')} | {_fmt(r.objective, '.9g')} | "
