@@ -1,21 +1,36 @@
-"""Data model shared by every stage: options, units, tables, constraints and plans."""
+"""Data model shared by every stage: options, units, tables, constraints and plans.
 
-from allocator.schema.constraints import Budget, Constraints, OptionFilter, ResourceLimit, UnitRule
-from allocator.schema.option import Option
-from allocator.schema.plan import Assignment, Plan
-from allocator.schema.table import Provenance, SensitivityTable
-from allocator.schema.unit import Unit
+Names are resolved lazily so that ``allocator.cost`` (which the constraints model uses) can
+import ``allocator.schema.option`` without a circular import.
+"""
 
-__all__ = [
-    "Assignment",
-    "Budget",
-    "Constraints",
-    "Option",
-    "OptionFilter",
-    "Plan",
-    "Provenance",
-    "ResourceLimit",
-    "SensitivityTable",
-    "Unit",
-    "UnitRule",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Assignment": "allocator.schema.plan",
+    "Budget": "allocator.schema.constraints",
+    "Constraints": "allocator.schema.constraints",
+    "Option": "allocator.schema.option",
+    "OptionFilter": "allocator.schema.constraints",
+    "Plan": "allocator.schema.plan",
+    "Provenance": "allocator.schema.table",
+    "ResourceLimit": "allocator.schema.constraints",
+    "SensitivityTable": "allocator.schema.table",
+    "Unit": "allocator.schema.unit",
+    "UnitRule": "allocator.schema.constraints",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'allocator.schema' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

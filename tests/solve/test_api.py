@@ -114,3 +114,14 @@ def test_public_api_names() -> None:
         "save_plan",
     ):
         assert callable(getattr(allocator, name))
+
+
+@pytest.mark.parametrize(
+    "first", ["allocator.cost", "allocator.schema.constraints", "allocator.solve"]
+)
+def test_any_core_module_imports_first(first: str) -> None:
+    """No circular import whichever core module a user imports first."""
+    code = f"import {first}; from allocator.schema import Constraints; print(Constraints.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Constraints"
