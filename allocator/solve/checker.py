@@ -14,6 +14,7 @@ from allocator.schema.constraints import Constraints
 from allocator.schema.plan import Plan
 from allocator.schema.table import SensitivityTable
 from allocator.solve.resources import resource_value
+from allocator.solve.targets import with_target
 from allocator.solve.ties import active_presets, preset_key
 
 REL_TOL = 1e-9
@@ -110,7 +111,7 @@ def _check_ties(plan: Plan, table: SensitivityTable, constraints: Constraints) -
     names = list(chosen)
     groups = [sorted({n for p in group for n in _search(p, names)}) for group in constraints.ties]
     units = {u.name: u for u in table.units}
-    for preset in active_presets(list(constraints.tie_presets), constraints.target):
+    for preset in active_presets(list(constraints.tie_presets)):
         by_key: dict[str, list[str]] = {}
         for name in names:
             key = preset_key(units[name], preset) if name in units else None
@@ -177,7 +178,11 @@ def _check_totals(plan: Plan, table: SensitivityTable, constraints: Constraints)
 
 
 def check_plan(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
-    """Every way ``plan`` breaks ``constraints`` or disagrees with ``table``; empty when sound."""
+    """Every way ``plan`` breaks ``constraints`` or disagrees with ``table``; empty when sound.
+    A ``target`` is checked through the restrictions it adds (``allocator.solve.targets``)."""
+    constraints = with_target(
+        constraints, table, [a.unit for a in plan.assignments if a.unit in table.losses]
+    )
     return (
         _check_units(plan, table, constraints)
         + _check_assignments(plan, table, constraints)

@@ -91,13 +91,14 @@ def _families(constraints: Constraints) -> dict[str, Family]:
         )
     if pins:
         found["pins"] = ({"rules": pins}, {"rules": bounds})
-    if constraints.ties or constraints.tie_presets or constraints.target:
-        ties = {
-            "ties": constraints.ties,
-            "tie_presets": constraints.tie_presets,
-            "target": constraints.target,
-        }
-        found["ties"] = (ties, {"ties": [], "tie_presets": [], "target": None})
+    if constraints.ties or constraints.tie_presets:
+        ties = {"ties": constraints.ties, "tie_presets": constraints.tie_presets}
+        found["ties"] = (ties, {"ties": [], "tie_presets": []})
+    if constraints.target is not None:
+        found[f"target {constraints.target!r} (its options, rules and ties)"] = (
+            {"target": constraints.target},
+            {"target": None},
+        )
     for limit in constraints.resources:
         others = [r for r in constraints.resources if r.name != limit.name]
         found[f"resource {limit.name!r} <= {limit.max:g}"] = (

@@ -3,7 +3,8 @@
 A chain of steps in the spirit of cvxpy's reductions; each takes and returns a ``Candidates``
 state and the chain's inverse maps a per-row choice back to every original unit:
 
-1. ``select_units``: ``include`` / ``exclude`` patterns;
+1. ``select_units``: ``include`` / ``exclude`` patterns; then ``target`` adds its allowed options,
+   rules and ties to the constraints (``allocator.solve.targets``);
 2. ``apply_filters``: the global ``allowed`` filter, then each rule's ``allow`` and bounds
    (``min_bits``, ``max_bits``, ``max_sparsity``);
 3. ``apply_pins``: a rule's ``pin`` fixes the unit to that option (it must exist for the unit);
@@ -28,6 +29,7 @@ from allocator.schema.option import Option
 from allocator.schema.table import SensitivityTable
 from allocator.solve.problem import Problem
 from allocator.solve.resources import check_resource_names, resource_value
+from allocator.solve.targets import with_target
 from allocator.solve.ties import active_presets, preset_key
 
 
@@ -217,7 +219,7 @@ def tie_groups(
             members += match_units(pattern, units, f"constraints ties[{g}][{p}]", _SELECTED)
         forest.union(members)
     unit_of = {u.name: u for u in table.units}
-    for preset in active_presets(list(constraints.tie_presets), constraints.target):
+    for preset in active_presets(list(constraints.tie_presets)):
         by_key: dict[str, list[str]] = {}
         for name in units:
             key = preset_key(unit_of[name], preset)
@@ -336,6 +338,7 @@ def reduce(
 ) -> Reduction:
     """Run the whole chain: table + constraints -> canonical Problem with its inverse map."""
     state = select_units(table, constraints)
+    constraints = with_target(constraints, table, state.units)
     for step in (apply_filters, apply_pins, tie_units):
         state = step(state, table, constraints)
     return build_problem(state, table, constraints, drop_dominated=drop_dominated)

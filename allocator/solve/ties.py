@@ -3,7 +3,8 @@
 ``qkv`` ties the q/k/v projections of one attention block, ``gate_up`` the gate/up projections of
 one MLP, ``moe_experts`` the same projection of every expert in one MoE block. A unit's ``tie``
 field (set by the model scanner) is used when it names the preset's group; otherwise the key is
-derived from the unit name. ``target: vllm`` implies ``qkv`` and ``gate_up``.
+derived from the unit name. A ``target`` adds the presets its
+runtime fuses (``allocator.solve.targets``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ _PRESET_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "gate_up": (re.compile(r"(mlp|feed_forward)\.(gate_proj|up_proj|w1|w3)$"), r"\1.gate_up"),
 }
 _EXPERT_RE = re.compile(r"\.experts\.\d+\.")
-TARGET_PRESETS: dict[str, tuple[str, ...]] = {"vllm": ("qkv", "gate_up")}
 
 
 def preset_key(unit: Unit, preset: str) -> str | None:
@@ -31,7 +31,6 @@ def preset_key(unit: Unit, preset: str) -> str | None:
     return pattern.sub(replacement, unit.name) if pattern.search(unit.name) else None
 
 
-def active_presets(tie_presets: list[str], target: str | None) -> list[str]:
-    """Presets asked for directly plus those a target implies, each once, in a stable order."""
-    wanted = list(tie_presets) + list(TARGET_PRESETS.get((target or "").lower(), ()))
-    return list(dict.fromkeys(wanted))
+def active_presets(tie_presets: list[str]) -> list[str]:
+    """The presets asked for, each once, in a stable order."""
+    return list(dict.fromkeys(tie_presets))

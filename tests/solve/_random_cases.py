@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+from allocator.export.rules import get_rules
 from allocator.schema.constraints import Budget, Constraints, OptionFilter, ResourceLimit, UnitRule
 from allocator.schema.option import Option
 from allocator.schema.table import SensitivityTable
@@ -92,6 +93,17 @@ def _matches(pattern: str, name: str) -> bool:
     return re.search(pattern, name) is not None
 
 
+def _target_ok(option: Option, unit: Unit, constraints: Constraints) -> bool:
+    """The export target's own rules (``allocator.export.rules``), not the solver's reductions."""
+    if constraints.target is None:
+        return True
+    rules = get_rules(constraints.target)
+    if rules.option_problem(option) is not None:
+        return False
+    divides = option.is_fp16 or option.group_size is None or unit.shape is None
+    return not rules.group_divides or divides or unit.shape[1] % option.group_size == 0
+
+
 def _option_ok(option: Option, name: str, constraints: Constraints) -> bool:
     if constraints.allowed is not None and not constraints.allowed.allows(option):
         return False
@@ -127,11 +139,19 @@ def brute_force(
     ]
     units = {u.name: u for u in table.units}
     choices = [
-        [table.option(k) for k in table.losses[n] if _option_ok(table.option(k), n, constraints)]
+        [
+            table.option(k)
+            for k in table.losses[n]
+            if _option_ok(table.option(k), n, constraints)
+            and _target_ok(table.option(k), units[n], constraints)
+        ]
         for n in selected
     ]
     groups = [[n for n in selected if any(_matches(p, n) for p in g)] for g in constraints.ties]
-    for preset in active_presets(list(constraints.tie_presets), constraints.target):
+    presets = list(constraints.tie_presets)
+    if constraints.target is not None:
+        presets += get_rules(constraints.target).tie_presets
+    for preset in active_presets(presets):
         keys: dict[str, list[str]] = {}
         for n in selected:
             key = preset_key(units[n], preset)

@@ -14,7 +14,7 @@ def test_bundled_table_matches_its_generator() -> None:
     assert sum(u.numel for u in table.units) == 30 * (
         2 * 576 * 576 + 2 * 192 * 576 + 3 * 1536 * 576
     )
-    assert constraints.budget.avg_bits == 3.5 and constraints.target == "vllm"
+    assert constraints.budget.avg_bits == 3.5 and constraints.tie_presets == ["qkv", "gate_up"]
 
 
 def test_losses_are_convex_decreasing_in_bits() -> None:

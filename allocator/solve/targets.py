@@ -1,0 +1,48 @@
+"""``target:`` in the constraints: fold an export target's restrictions into the constraints.
+
+A target (``vllm``, ``gptqmodel``, ``llamacpp``, ...; see ``allocator.export.rules``) admits only
+some options, may fuse units (q/k/v, gate/up) so they share one option, and may need per-unit
+rules (group sizes that divide a layer's input size; ggml types that need rows of 256). Solving
+with ``target`` set gives a plan that the target's exporter accepts as is.
+"""
+
+from __future__ import annotations
+
+from allocator.errors import InputError
+from allocator.schema.constraints import Constraints
+from allocator.schema.table import SensitivityTable
+
+
+def with_target(
+    constraints: Constraints, table: SensitivityTable, units: list[str] | None = None
+) -> Constraints:
+    """``constraints`` with the target's allowed options, per-unit rules, ties and tie presets
+    added (the user's own restrictions still apply on top). ``units``: the unit names the plan
+    covers (default: every table unit). Without a target, ``constraints`` is returned as is."""
+    if constraints.target is None:
+        return constraints
+    from allocator.export.rules import constraints_for_target
+
+    names = set(units) if units is not None else {u.name for u in table.units}
+    covered = [u for u in table.units if u.name in names]
+    extra = constraints_for_target(constraints.target, table.options, covered)
+    offered = {k for u in covered for k in table.losses[u.name]}
+    target_keys = set(extra["allowed"]["keys"])
+    user = constraints.allowed
+    keys = [
+        o.key
+        for o in table.options
+        if o.key in target_keys and o.key in offered and (user is None or user.allows(o))
+    ]
+    if not keys:
+        raise InputError(
+            f"constraints target = {constraints.target!r} admits none of the table's options "
+            f"{sorted(offered)}{' left by allowed' if user is not None else ''}; profile options "
+            f"the target supports (see 'allocator export --help') or drop the target"
+        )
+    fields = constraints.model_dump()
+    fields["allowed"] = {**(user.model_dump() if user is not None else {}), "keys": keys}
+    fields["rules"] += extra.get("rules", [])
+    fields["ties"] += extra.get("ties", [])
+    fields["tie_presets"] = list(dict.fromkeys(fields["tie_presets"] + extra["tie_presets"]))
+    return Constraints.model_validate(fields)
