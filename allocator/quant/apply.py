@@ -258,17 +258,8 @@ def plan_for_options(
             Assignment(unit=u.name, option=option, numel=u.numel, cost_bits=cost, predicted_loss=0)
         )
     size_bits = sum(a.cost_bits for a in assignments)
-    total = sum(u.numel for u in units)
-    return Plan(
-        assignments=assignments,
-        predicted_loss=0.0,
-        size_bits=size_bits,
-        size_bytes=size_bits / 8,
-        total_numel=total,
-        avg_bits=size_bits / total,
-        budget_bits=size_bits,
-        solver=solver,
-        status="heuristic",
+    return Plan.from_assignments(
+        assignments, budget_bits=size_bits, solver=solver, status="heuristic"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,41 @@ class Plan(BaseModel):
     constraints_hash: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_assignments(
+        cls,
+        assignments: list[Assignment],
+        *,
+        budget_bits: float,
+        solver: str,
+        status: PlanStatus,
+        lower_bound: float | None = None,
+        **fields: Any,
+    ) -> Plan:
+        """A Plan whose totals (loss, size, numel, average bits, resources, gap) are summed from
+        ``assignments``; ``fields`` fills the rest (hashes, versions, notes, solve time)."""
+        numel = sum(a.numel for a in assignments)
+        size_bits = sum(a.cost_bits for a in assignments)
+        loss = sum(a.predicted_loss for a in assignments)
+        names = assignments[0].resources if assignments else {}
+        if lower_bound is not None:
+            lower_bound = min(lower_bound, loss)
+        return cls(
+            assignments=assignments,
+            predicted_loss=loss,
+            size_bits=size_bits,
+            size_bytes=size_bits / 8,
+            total_numel=numel,
+            avg_bits=size_bits / numel if numel else 0.0,
+            budget_bits=budget_bits,
+            resources={r: sum(a.resources[r] for a in assignments) for r in names},
+            solver=solver,
+            status=status,
+            lower_bound=lower_bound,
+            gap=None if lower_bound is None else (loss - lower_bound) / max(abs(loss), 1e-12),
+            **fields,
+        )
 
     def options_by_unit(self) -> dict[str, Option]:
         return {a.unit: a.option for a in self.assignments}

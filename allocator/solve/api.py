@@ -101,23 +101,12 @@ def build_plan(
                 resources={r: resource_value(table, r, unit, option) for r in names},
             )
         )
-    numel = sum(a.numel for a in assignments)
-    size_bits = sum(a.cost_bits for a in assignments)
-    loss = sum(a.predicted_loss for a in assignments)
-    bound = solution.lower_bound
-    return Plan(
-        assignments=assignments,
-        predicted_loss=loss,
-        size_bits=size_bits,
-        size_bytes=size_bits / 8,
-        total_numel=numel,
-        avg_bits=size_bits / numel,
-        budget_bits=constraints.budget.total_bits(numel),
-        resources={r: sum(a.resources[r] for a in assignments) for r in names},
+    return Plan.from_assignments(
+        assignments,
+        budget_bits=constraints.budget.total_bits(sum(a.numel for a in assignments)),
         solver=solver,
         status="heuristic" if solution.status == "infeasible" else solution.status,
-        lower_bound=None if bound is None else min(bound, loss),
-        gap=None if bound is None else max(0.0, loss - bound) / max(abs(loss), 1e-12),
+        lower_bound=solution.lower_bound,
         solve_seconds=seconds,
         table_hash=table.content_hash(),
         constraints_hash=constraints.content_hash(),

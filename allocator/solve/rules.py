@@ -256,18 +256,11 @@ def plan_from_choice(
                 predicted_loss=loss,
             )
         )
-    total_numel = sum(u.numel for u in units)
-    size_bits = sum(a.cost_bits for a in assignments)
     extra = (
         [f"{unknown} units have no table loss for their option (counted as 0)"] if unknown else []
     )
-    return Plan(
-        assignments=assignments,
-        predicted_loss=sum(a.predicted_loss for a in assignments),
-        size_bits=size_bits,
-        size_bytes=size_bits / 8,
-        total_numel=total_numel,
-        avg_bits=size_bits / total_numel,
+    return Plan.from_assignments(
+        assignments,
         budget_bits=_budget_bits(units, constraints),
         solver=solver,
         status="heuristic",
