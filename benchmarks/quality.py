@@ -218,6 +218,15 @@ def refined_plan(bench: Bench, budget: float, name: str = "kl") -> Plan:
     return result.plan
 
 
+def g128_table(name: str) -> SensitivityTable:
+    """A table of the estimator benchmark (bits 2-6 at g128; see benchmarks/results/estimators.md
+    for how each was measured)."""
+    path = TABLES / f"smollm2_{name}_g128.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: make it with the commands in estimators.md")
+    return load_table(path)
+
+
 def kl_plan(bench: Bench, budget: float, sparse: bool = False, solver: str = "auto") -> Plan:
     tab = cached_table(bench, "kl")
     return solve_table(tab if sparse else dense(tab), budget, solver)
@@ -251,6 +260,26 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
     "exl2": (
         "ExLlamaV2-style: block_error, prod(1-err) objective, RTN",
         lambda b, x: solve_table(exl2_objective(cached_table(b, "block_error")), x),
+        "rtn",
+    ),
+    "hawq_g128": (
+        "HAWQ-V3: Hutchinson trace x ||dW||^2 (g128 table), ILP, RTN",
+        lambda b, x: solve_table(g128_table("hutchinson"), x, "ilp"),
+        "rtn",
+    ),
+    "baq_g128": (
+        "BAQ-style equal-loss closed form on the measured KL table (g128), RTN",
+        lambda b, x: solve_table(g128_table("kl"), x, "equal_loss"),
+        "rtn",
+    ),
+    "exl2_g128": (
+        "ExLlamaV2-style: block_error (g128 table), prod(1-err) objective, RTN",
+        lambda b, x: solve_table(exl2_objective(g128_table("block_error")), x),
+        "rtn",
+    ),
+    "kl_g128": (
+        "exact solve on the measured single-unit KL table (g128), RTN",
+        lambda b, x: solve_table(g128_table("kl"), x),
         "rtn",
     ),
     "fisher_refined_rtn": (
