@@ -218,13 +218,17 @@ def refined_plan(bench: Bench, budget: float, name: str = "kl") -> Plan:
     return result.plan
 
 
-def g128_table(name: str) -> SensitivityTable:
-    """A table of the estimator benchmark (bits 2-6 at g128; see benchmarks/results/estimators.md
-    for how each was measured)."""
-    path = TABLES / f"smollm2_{name}_g128.json"
+def named_table(stem: str) -> SensitivityTable:
+    """A table made by ``allocator profile`` (commands in estimators.md and the README)."""
+    path = TABLES / f"{stem}.json"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: make it with the commands in estimators.md")
     return load_table(path)
+
+
+def g128_table(name: str) -> SensitivityTable:
+    """A table of the estimator benchmark (bits 2-6 at g128)."""
+    return named_table(f"smollm2_{name}_g128")
 
 
 def kl_plan(bench: Bench, budget: float, sparse: bool = False, solver: str = "auto") -> Plan:
@@ -276,6 +280,11 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
         "ExLlamaV2-style: block_error (g128 table), prod(1-err) objective, RTN",
         lambda b, x: solve_table(exl2_objective(g128_table("block_error")), x),
         "rtn",
+    ),
+    "kfac_gptq": (
+        "ours: K-FAC table of GPTQ errors (groups 64/128/256), exact solve, GPTQ",
+        lambda b, x: solve_table(named_table("smollm2_kfac_gptq"), x),
+        "gptq",
     ),
     "kl_g128": (
         "exact solve on the measured single-unit KL table (g128), RTN",

@@ -14,6 +14,7 @@ LOSS_ESTIMATORS = [
     "hessian",
     "hessian_diag",
     "fisher",
+    "kfac",
     "hutchinson",
     "block_error",
     "kl",
@@ -101,6 +102,43 @@ def test_gptq_options_beat_rtn_on_the_hessian_proxy(tiny_model, tiny_ids):
     table = profile(
         tiny_model, tiny_ids, "hessian", "bits=3 group=32 method=rtn,gptq", progress=False
     )
+    rtn = sum(table.losses[u.name]["b3-g32"] for u in table.units)
+    gptq = sum(table.losses[u.name]["b3-g32@gptq"] for u in table.units)
+    assert gptq < rtn
+
+
+def test_kfac_weights_each_rows_output_error_by_its_gradient_energy(tiny_model, tiny_ids):
+    """kfac = 1/2 sum_r G_r [dW H dW^T]_rr with G_r from autograd on the unit's output."""
+    from allocator.profile.compress import compressed_weight
+    from allocator.schema.option import Option
+
+    name = "model.layers.0.self_attn.v_proj"
+    table = profile(tiny_model, tiny_ids, "kfac", GRID, progress=False)
+    module = tiny_model.get_submodule(name)
+    inputs, energy = [], torch.zeros(module.out_features, dtype=torch.float64)
+
+    def on_grad(grad):
+        energy.add_(grad.reshape(-1, grad.shape[-1]).double().square().sum(0))
+
+    def hook(_m, args, out):
+        inputs.append(args[0].detach())
+        out.register_hook(on_grad)
+
+    handle = module.register_forward_hook(hook)
+    for ids in tiny_ids:
+        embeds = tiny_model.get_input_embeddings()(ids[None]).detach().requires_grad_(True)
+        tiny_model(inputs_embeds=embeds, labels=ids[None]).loss.backward()
+    handle.remove()
+    tiny_model.zero_grad(set_to_none=True)
+    x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs]).double()
+    dw = (compressed_weight(module.weight, Option.parse("b3-g32")) - module.weight).double()
+    per_row = (x @ dw.T).square().mean(dim=0)  # [dW H dW^T]_rr with H = X^T X / n
+    expected = 0.5 * float((energy / len(tiny_ids) * per_row).sum())
+    assert table.losses[name]["b3-g32"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_gptq_options_beat_rtn_on_kfac(tiny_model, tiny_ids):
+    table = profile(tiny_model, tiny_ids, "kfac", "bits=3 group=32 method=rtn,gptq", progress=False)
     rtn = sum(table.losses[u.name]["b3-g32"] for u in table.units)
     gptq = sum(table.losses[u.name]["b3-g32@gptq"] for u in table.units)
     assert gptq < rtn

@@ -1,0 +1,88 @@
+"""``kfac``: the Fisher estimate with the input correlations kept (Kronecker-factored).
+
+For a linear unit ``y_t = W x_t`` on a window's tokens t, the empirical Fisher loss increase of
+a weight error dW is ``1/2 E_w[(sum_t g_t . dW x_t)^2]`` with ``g_t = dL/dy_t``. Taking output
+gradients and inputs as independent across tokens (K-FAC) gives
+
+    loss = 1/2 sum_r G_r [dW H dW^T]_rr,   G_r = E_w[sum_t g_tr^2],   H = X^T X / n_tokens,
+
+i.e. the ``hessian`` proxy weighted per output row by how strongly that row's error reaches the
+loss. Its diagonal (``H`` replaced by ``diag(H)``) is the ``fisher`` estimator, so the two share
+one scale. Keeping ``H`` whole matters for GPTQ options (``method=gptq``): GPTQ pushes the error
+into directions of small ``H``, which a diagonal weighting cannot see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from allocator.profile.estimators import Estimator, register
+
+
+def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
+    """``G_r``: per output row of each unit, the mean over windows of sum_t (dL/dy_tr)^2."""
+    energy = {u.name: torch.zeros(u.shape[0], dtype=torch.float64) for u in ctx.units}
+    handles = []
+
+    def watch(name: str):
+        def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
+            def on_grad(grad: torch.Tensor) -> None:
+                rows = grad.reshape(-1, grad.shape[-1]).float()
+                energy[name] += rows.square().sum(dim=0).double().cpu()
+
+            output.register_hook(on_grad)
+
+        return hook
+
+    flags = {name: p.requires_grad for name, p in ctx.model.named_parameters()}
+    for p in ctx.model.parameters():
+        p.requires_grad_(False)
+    for unit in ctx.units:
+        handles.append(ctx.module(unit).register_forward_hook(watch(unit.name)))
+    device = next(ctx.model.parameters()).device
+    windows = ctx.input_ids
+    try:
+        with torch.enable_grad():
+            for ids in tqdm(windows, desc="kfac", unit="window", disable=not ctx.progress):
+                ids = ids[None].to(device)
+                embeds = ctx.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+                loss = ctx.model(inputs_embeds=embeds, labels=ids, use_cache=False).loss
+                loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, p in ctx.model.named_parameters():
+            p.requires_grad_(flags[name])
+    return {name: e / len(windows) for name, e in energy.items()}
+
+
+@torch.no_grad()
+def kfac_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    ctx.capture()
+    energy = output_gradient_energy(ctx)
+    losses: dict[str, dict[str, float]] = {}
+    for unit in tqdm(ctx.units, desc="kfac rows", unit="unit", disable=not ctx.progress):
+        hessian = ctx.stats(unit).hessian.float()
+        weight = ctx.module(unit).weight.detach().float()
+        g = energy[unit.name].float()
+        row = {}
+        for option in ctx.options:
+            dw = ctx.compress(unit, option).float() - weight
+            per_row = ((dw @ hessian) * dw).sum(dim=1)
+            row[option.key] = max(0.5 * float((g * per_row).sum()), 0.0)
+        losses[unit.name] = row
+    return losses
+
+
+register(
+    Estimator(
+        "kfac",
+        kfac_losses,
+        windows=16,
+        seq_len=256,
+        doc="1/2 sum_r G_r [dW H dW^T]_rr (Fisher with input correlations)",
+    )
+)
