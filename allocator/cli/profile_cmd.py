@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         estimator: Annotated[
             str,
             typer.Option(
-                help="hessian, hessian_diag, fisher, hutchinson, block_error, kl, hessian_kl, lim, zd or zo"
+                help="hessian, hessian_diag, fisher, kfac, hutchinson, block_error, kl, hessian_kl, lim, zd or zo"
             ),
         ] = "hessian",
         options: Annotated[
