@@ -286,6 +286,12 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
         lambda b, x: solve_table(named_table("smollm2_kfac_gptq"), x),
         "gptq",
     ),
+    "fisher_sparse": (
+        "ours + sparsity options: Fisher table (bits 2-6 x g64/128/256/c x dense/2:4/50%), "
+        "exact solve, GPTQ/SparseGPT",
+        lambda b, x: solve_table(named_table("smollm2_fisher_sparse"), x),
+        "gptq",
+    ),
     "kl_g128": (
         "exact solve on the measured single-unit KL table (g128), RTN",
         lambda b, x: solve_table(g128_table("kl"), x),
