@@ -30,7 +30,7 @@ from allocator.schema import Constraints, Plan, SensitivityTable
 from allocator.schema.io import atomic_write_text, load_plan, load_table, save_plan, save_table
 
 DEFAULT_ESTIMATOR = "fisher"
-DEFAULT_OPTIONS = "bits=2,3,4,5,6 group=64,128,256,c"
+DEFAULT_OPTIONS = "bits=2,3,4,5,6 group=64,128,256,c sparsity=0,2:4,0.5"
 
 
 class RunSettings(BaseModel):
