@@ -27,12 +27,12 @@ from allocator.schema.unit import Unit
 class SizeModel(BaseModel):
     """Overhead settings; the default is an fp16 scale and an fp16 zero per group."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    scale_bits: int = Field(default=16, ge=0)
-    zero_bits: int = Field(default=16, ge=0)
-    mask_bits_per_weight: float = Field(default=1.0, ge=0)
-    fp16_bits: int = Field(default=16, ge=1)
+    scale_bits: int = Field(default=16, ge=0, le=64)
+    zero_bits: int = Field(default=16, ge=0, le=64)
+    mask_bits_per_weight: float = Field(default=1.0, ge=0, le=64)
+    fp16_bits: int = Field(default=16, ge=1, le=64)
 
     def n_groups(self, option: Option, unit: Unit) -> float:
         """Number of quantization groups (each holding one scale and maybe one zero)."""

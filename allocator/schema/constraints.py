@@ -1,7 +1,9 @@
 """Constraints a plan must satisfy: budget, overhead model, allowed options, pins, bounds, ties.
 
-Unit patterns are Python regular expressions matched with ``re.search`` against the unit's full
-name (anchor them with ``^...$`` for exact names). A pattern that matches no unit is an error.
+Unit patterns are regular expressions (RE2 syntax, see ``allocator.patterns``) matched with
+``re.search`` semantics against the unit's full name (anchor them with ``^...$`` for exact names).
+A pattern that matches no unit is an error. Every number must be finite and within bounds
+(``MAX_VALUE``); a file from a newer allocator (``format_version`` above ours) is refused.
 """
 
 from __future__ import annotations
@@ -13,18 +15,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from allocator.cost import SizeModel
+from allocator.errors import InputError
+from allocator.patterns import check_pattern
 from allocator.schema.option import Option
+from allocator.schema.version import FORMAT_VERSION, check_format_version
+
+MAX_VALUE = 1e30  # budgets and resource limits: far beyond any model, far below float overflow
 
 TiePreset = Literal["qkv", "gate_up", "moe_experts"]
+
+
+def _valid_pattern(pattern: str, prefix: str = "") -> str:
+    """A ValueError (so pydantic names the field) when ``pattern`` does not compile."""
+    try:
+        return check_pattern(pattern, "pattern")
+    except InputError as exc:
+        raise ValueError(f"{prefix}{exc}") from None
 
 
 class Budget(BaseModel):
     """Exactly one of ``avg_bits`` (bits per weight over all units, overhead included) or ``total_bytes``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    avg_bits: float | None = Field(default=None, gt=0)
-    total_bytes: float | None = Field(default=None, gt=0)
+    avg_bits: float | None = Field(default=None, gt=0, le=1e6)
+    total_bytes: float | None = Field(default=None, gt=0, le=MAX_VALUE)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -42,7 +57,7 @@ class Budget(BaseModel):
 class OptionFilter(BaseModel):
     """Options allowed: every given field must match (a missing field allows everything)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     keys: list[str] | None = None
     bits: list[int] | None = None
@@ -76,7 +91,7 @@ class OptionFilter(BaseModel):
 class UnitRule(BaseModel):
     """Per-pattern restrictions: allowed options, a pin, and bounds on bits and sparsity."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pattern: str = Field(min_length=1)
     allow: OptionFilter | None = None
@@ -84,6 +99,11 @@ class UnitRule(BaseModel):
     min_bits: int | None = Field(default=None, ge=1, le=16)
     max_bits: int | None = Field(default=None, ge=1, le=16)
     max_sparsity: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str) -> str:
+        return _valid_pattern(pattern)
 
     @field_validator("pin")
     @classmethod
@@ -110,18 +130,18 @@ class ResourceLimit(BaseModel):
     ``bops`` (bits x 16-bit activations x MACs per token, i.e. ``bits * 16 * numel``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(min_length=1)
-    max: float = Field(ge=0)
+    name: str = Field(min_length=1, max_length=200)
+    max: float = Field(ge=0, le=MAX_VALUE)
 
 
 class Constraints(BaseModel):
     """Everything the user asks of a plan. Read from YAML, TOML or JSON constraint files."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
     budget: Budget
     overhead: SizeModel = Field(default_factory=SizeModel)
     allowed: OptionFilter | None = None
@@ -134,13 +154,34 @@ class Constraints(BaseModel):
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        return check_format_version(version, "constraints")
+
     @field_validator("ties")
     @classmethod
     def _ties_nonempty(cls, ties: list[list[str]]) -> list[list[str]]:
         for i, group in enumerate(ties):
             if len(group) < 1:
                 raise ValueError(f"ties[{i}] is empty; list unit names or patterns to tie")
+            for j, pattern in enumerate(group):
+                _valid_pattern(pattern, f"ties[{i}][{j}]: ")
         return ties
+
+    @field_validator("include")
+    @classmethod
+    def _include_patterns(cls, patterns: list[str] | None) -> list[str] | None:
+        for k, pattern in enumerate(patterns or []):
+            _valid_pattern(pattern, f"include[{k}]: ")
+        return patterns
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude_patterns(cls, patterns: list[str]) -> list[str]:
+        for k, pattern in enumerate(patterns):
+            _valid_pattern(pattern, f"exclude[{k}]: ")
+        return patterns
 
     def content_hash(self) -> str:
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

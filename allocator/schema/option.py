@@ -15,14 +15,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from allocator.errors import InputError
+from allocator.patterns import shown
 
 SparsityPattern = Literal["none", "unstructured", "nm"]
 
 _KEY_RE = re.compile(
-    r"^b(?P<bits>\d+)-g(?P<group>c|\d+)(?P<sym>-sym)?"
-    r"(?:-s(?P<ratio>0?\.\d+|0|1)|-(?P<n>\d+):(?P<m>\d+))?(?:@(?P<method>[A-Za-z0-9_]+))?$"
+    r"^b(?P<bits>\d{1,3})-g(?P<group>c|\d{1,10})(?P<sym>-sym)?"
+    r"(?:-s(?P<ratio>0?\.\d{1,17}|0|1)|-(?P<n>\d{1,5}):(?P<m>\d{1,5}))?"
+    r"(?:@(?P<method>[A-Za-z0-9_]{1,64}))?$"
 )
-_FP16_RE = re.compile(r"^fp16(?:@(?P<method>[A-Za-z0-9_]+))?$")
+_FP16_RE = re.compile(r"^fp16(?:@(?P<method>[A-Za-z0-9_]{1,64}))?$")
+MAX_GROUP = 2**31
+MAX_NM = 1024
+MAX_KEY_CHARS = 200
 
 
 class Option(BaseModel):
@@ -32,23 +37,25 @@ class Option(BaseModel):
     ``bits=16`` means the weight is kept in fp16 (no grouping, no sparsity metadata).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     bits: int = Field(ge=1, le=16)
-    group_size: int | None = Field(default=128, ge=1)
+    group_size: int | None = Field(default=128, ge=1, le=MAX_GROUP)
     symmetric: bool = False
     sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
     sparsity_pattern: SparsityPattern = "none"
     nm: tuple[int, int] | None = None
-    method: str = "rtn"
+    method: str = Field(default="rtn", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
 
     @model_validator(mode="after")
     def _consistent(self) -> Option:
         if self.bits not in (1, 2, 3, 4, 5, 6, 7, 8, 16):
             raise ValueError(f"bits={self.bits}: use 1-8, or 16 to keep the weight in fp16")
         if self.sparsity_pattern == "nm":
-            if self.nm is None or not (0 < self.nm[0] < self.nm[1]):
-                raise ValueError(f"nm={self.nm}: N:M sparsity needs 0 < N < M, e.g. (2, 4)")
+            if self.nm is None or not (0 < self.nm[0] < self.nm[1] <= MAX_NM):
+                raise ValueError(
+                    f"nm={self.nm}: N:M sparsity needs 0 < N < M <= {MAX_NM}, e.g. (2, 4)"
+                )
             expected = 1.0 - self.nm[0] / self.nm[1]
             if abs(self.sparsity - expected) > 1e-9:
                 object.__setattr__(self, "sparsity", expected)
@@ -92,19 +99,24 @@ class Option(BaseModel):
             try:
                 return cls.model_validate(spec)
             except ValueError as exc:
-                raise InputError(f"{where}: invalid option {spec!r}: {exc}") from None
+                raise InputError(f"{where}: invalid option {shown(spec)}: {exc}") from None
         if not isinstance(spec, str):
             raise InputError(
-                f"{where}: option must be a string like 'b4-g128' or a mapping, got {spec!r}"
+                f"{where}: option must be a string like 'b4-g128' or a mapping, got {shown(spec)}"
             )
         text = spec.strip()
+        if len(text) > MAX_KEY_CHARS:
+            raise InputError(
+                f"{where}: option key {shown(spec)} is too long; write it as b<bits>-g<group|c>"
+                "[-sym][-s<ratio>|-<n>:<m>][@method], e.g. 'b4-g128'"
+            )
         fp16 = _FP16_RE.match(text)
         if fp16:
             return cls(bits=16, group_size=None, method=fp16.group("method") or "rtn")
         match = _KEY_RE.match(text)
         if not match:
             raise InputError(
-                f"{where}: cannot read option {spec!r}; write it as b<bits>-g<group|c>[-sym]"
+                f"{where}: cannot read option {shown(spec)}; write it as b<bits>-g<group|c>[-sym]"
                 "[-s<ratio>|-<n>:<m>][@method], e.g. 'b4-g128', 'b3-g64-sym', 'b4-g128-2:4', or 'fp16'"
             )
         fields: dict[str, Any] = {
@@ -118,8 +130,7 @@ class Option(BaseModel):
         if match.group("n") is not None:
             fields["sparsity_pattern"] = "nm"
             fields["nm"] = (int(match.group("n")), int(match.group("m")))
-            fields["sparsity"] = 1 - int(match.group("n")) / int(match.group("m"))
         try:
             return cls(**fields)
         except ValueError as exc:
-            raise InputError(f"{where}: invalid option {spec!r}: {exc}") from None
+            raise InputError(f"{where}: invalid option {shown(spec)}: {exc}") from None

@@ -6,9 +6,11 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from allocator.schema.option import Option
+from allocator.schema.unit import MAX_NUMEL
+from allocator.schema.version import FORMAT_VERSION, check_format_version
 
 PlanStatus = Literal["optimal", "feasible", "time_limit", "heuristic"]
 
@@ -16,12 +18,12 @@ PlanStatus = Literal["optimal", "feasible", "time_limit", "heuristic"]
 class Assignment(BaseModel):
     """One unit's choice and what it costs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    unit: str
+    unit: str = Field(min_length=1, max_length=1000)
     option: Option
-    numel: int
-    cost_bits: float
+    numel: int = Field(ge=1, le=MAX_NUMEL)
+    cost_bits: float = Field(ge=0)
     predicted_loss: float
     resources: dict[str, float] = Field(default_factory=dict)
 
@@ -30,9 +32,9 @@ class Plan(BaseModel):
     """A solved allocation. ``lower_bound`` is a proven lower bound on the optimal loss (when the
     solver gives one); ``gap = (predicted_loss - lower_bound) / max(|predicted_loss|, eps)``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
     assignments: list[Assignment]
     predicted_loss: float
     size_bits: float
@@ -50,6 +52,11 @@ class Plan(BaseModel):
     constraints_hash: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        return check_format_version(version, "plan")
 
     @classmethod
     def from_assignments(

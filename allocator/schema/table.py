@@ -7,10 +7,13 @@ import json
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from allocator.schema.option import Option
 from allocator.schema.unit import Unit
+from allocator.schema.version import FORMAT_VERSION, check_format_version
+
+MAX_LOSS = 1e100  # losses and resource values: sums over a million units stay finite
 
 
 class Provenance(BaseModel):
@@ -36,12 +39,17 @@ class SensitivityTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
     units: list[Unit]
     options: list[Option]
     losses: dict[str, dict[str, float]]
     resources: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        return check_format_version(version, "table")
 
     @model_validator(mode="after")
     def _check(self) -> SensitivityTable:
@@ -71,6 +79,11 @@ class SensitivityTable(BaseModel):
                     raise ValueError(
                         f"losses[{unit!r}][{key!r}] = {value}: losses must be >= 0 (clip measurement noise to 0)"
                     )
+                if value > MAX_LOSS:
+                    raise ValueError(
+                        f"losses[{unit!r}][{key!r}] = {value}: losses must be <= {MAX_LOSS:g}; "
+                        "rescale the table"
+                    )
         missing = [n for n in names if not self.losses.get(n)]
         if missing:
             raise ValueError(
@@ -81,9 +94,10 @@ class SensitivityTable(BaseModel):
                 if unit not in known_units:
                     raise ValueError(f"resources[{resource!r}]: unknown unit {unit!r}")
                 for key, value in row.items():
-                    if key not in known_keys or not math.isfinite(value):
+                    if key not in known_keys or not math.isfinite(value) or abs(value) > MAX_LOSS:
                         raise ValueError(
-                            f"resources[{resource!r}][{unit!r}][{key!r}] = {value}: unknown option or not finite"
+                            f"resources[{resource!r}][{unit!r}][{key!r}] = {value}: unknown option, "
+                            f"not finite or beyond +-{MAX_LOSS:g}"
                         )
         return self
 

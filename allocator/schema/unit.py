@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_DIM = 2**31  # one side of a weight matrix
+MAX_NUMEL = 2**50  # exact in a float, and x64 bits per weight still far from overflow
+
 
 class Unit(BaseModel):
     """One weight matrix the allocator chooses an option for.
@@ -15,20 +18,29 @@ class Unit(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=1000)
     shape: tuple[int, int] | None = None
-    numel: int = Field(default=0, ge=0)
-    kind: str = ""
-    tie: str | None = None
-    layer: int | None = None
+    numel: int = Field(default=0, ge=0, le=MAX_NUMEL)
+    kind: str = Field(default="", max_length=1000)
+    tie: str | None = Field(default=None, max_length=2000)
+    layer: int | None = Field(default=None, ge=0, le=10**9)
 
     @model_validator(mode="after")
     def _numel_from_shape(self) -> Unit:
         if self.shape is not None:
+            if not all(1 <= side <= MAX_DIM for side in self.shape):
+                raise ValueError(
+                    f"unit {self.name}: shape {self.shape}: each side must be between 1 and "
+                    f"{MAX_DIM} (out_features, in_features)"
+                )
             product = self.shape[0] * self.shape[1]
             if self.numel and self.numel != product:
                 raise ValueError(
                     f"unit {self.name}: numel={self.numel} but shape {self.shape} holds {product}"
+                )
+            if product > MAX_NUMEL:
+                raise ValueError(
+                    f"unit {self.name}: shape {self.shape} holds over {MAX_NUMEL} weights"
                 )
             object.__setattr__(self, "numel", product)
         if self.numel <= 0:

@@ -1,15 +1,17 @@
 """Independent plan checker: recompute every number of a plan and test every constraint.
 
-This deliberately does not reuse the reductions: it matches patterns, recomputes costs with the
-size model and losses from the table on its own, so a bug in the solver path cannot hide here.
+This deliberately does not reuse the reductions to judge a plan: it matches patterns, recomputes
+costs with the size model (from unit shapes the schema has validated) and losses from the table
+on its own, so a bug in the solver path cannot hide here. The inputs themselves go through the
+same validation as ``solve`` (``validate_inputs``): what ``solve`` refuses, ``check`` refuses.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 from allocator.errors import InputError, PlanCheckError
+from allocator.patterns import compile_pattern
 from allocator.schema.constraints import Constraints
 from allocator.schema.plan import Plan
 from allocator.schema.table import SensitivityTable
@@ -29,11 +31,17 @@ def _within(value: float, limit: float) -> bool:
 
 
 def _search(pattern: str, names: list[str]) -> list[str]:
-    try:
-        regex = re.compile(pattern)
-    except re.error:
-        return []
-    return [n for n in names if regex.search(n)]
+    regex = compile_pattern(pattern, "constraints pattern")
+    return [n for n in names if regex.search(n) is not None]
+
+
+def validate_inputs(table: SensitivityTable, constraints: Constraints) -> None:
+    """Raise the InputError ``solve`` would raise on these inputs (patterns that match nothing,
+    unknown resources or targets, rules that leave a unit no option, bad pins, ties with no
+    common option): the reductions are the one validation path for both."""
+    from allocator.solve.reductions import reduce
+
+    reduce(table, constraints, drop_dominated=False)
 
 
 def _expected_units(table: SensitivityTable, constraints: Constraints) -> list[str]:
@@ -130,6 +138,11 @@ def _check_totals(plan: Plan, table: SensitivityTable, constraints: Constraints)
     problems = []
     numel = sum(a.numel for a in plan.assignments)
     size_bits = sum(a.cost_bits for a in plan.assignments)
+    negative = [a.unit for a in plan.assignments if not a.cost_bits >= 0 or not a.numel > 0]
+    if negative:
+        problems.append(f"units {negative[:4]} have a negative or zero size or weight count")
+    if not (math.isfinite(size_bits) and size_bits >= 0):
+        problems.append(f"size {size_bits} bits is not a finite non-negative number")
     loss = sum(a.predicted_loss for a in plan.assignments)
     budget = constraints.budget.total_bits(numel)
     expected = {
@@ -177,9 +190,15 @@ def _check_totals(plan: Plan, table: SensitivityTable, constraints: Constraints)
     return problems
 
 
-def check_plan(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+def check_plan(
+    plan: Plan, table: SensitivityTable, constraints: Constraints, *, validate: bool = True
+) -> list[str]:
     """Every way ``plan`` breaks ``constraints`` or disagrees with ``table``; empty when sound.
-    A ``target`` is checked through the restrictions it adds (``allocator.solve.targets``)."""
+    A ``target`` is checked through the restrictions it adds (``allocator.solve.targets``).
+    Inputs ``solve`` would refuse raise its InputError (skip with ``validate=False`` when they
+    have just been through ``solve``)."""
+    if validate:
+        validate_inputs(table, constraints)
     constraints = with_target(
         constraints, table, [a.unit for a in plan.assignments if a.unit in table.losses]
     )
@@ -192,9 +211,11 @@ def check_plan(plan: Plan, table: SensitivityTable, constraints: Constraints) ->
     )
 
 
-def assert_plan_ok(plan: Plan, table: SensitivityTable, constraints: Constraints) -> None:
+def assert_plan_ok(
+    plan: Plan, table: SensitivityTable, constraints: Constraints, *, validate: bool = True
+) -> None:
     """Raise PlanCheckError listing the violations, if any."""
-    problems = check_plan(plan, table, constraints)
+    problems = check_plan(plan, table, constraints, validate=validate)
     if problems:
         shown = "; ".join(problems[:10])
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""

@@ -13,17 +13,18 @@ state and the chain's inverse maps a per-row choice back to every original unit:
 5. ``drop_dominated``: an option no cheaper and no better than another in cost, loss and every
    resource is dropped (skipped when ``max_distinct_options`` is set, where it is unsafe).
 
-Patterns use ``re.search`` semantics against the unit's full name.
+Patterns use ``re.search`` semantics against the unit's full name, compiled by
+``allocator.patterns`` (RE2: linear-time matching, bounded length).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from allocator.errors import InputError
+from allocator.patterns import compile_pattern, shown
 from allocator.schema.constraints import Constraints, OptionFilter
 from allocator.schema.option import Option
 from allocator.schema.table import SensitivityTable
@@ -67,22 +68,15 @@ class Reduction:
 _SELECTED = " left by include/exclude"
 
 
-def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise InputError(f"{where}: {pattern!r} is not a valid regular expression: {exc}") from None
-
-
 def match_units(pattern: str, names: list[str], where: str, scope: str = "") -> list[str]:
     """Names that ``pattern`` finds (``re.search``); a pattern matching nothing is an InputError."""
     regex = compile_pattern(pattern, where)
-    found = [n for n in names if regex.search(n)]
+    found = [n for n in names if regex.search(n) is not None]
     if not found:
         example = names[0] if names else "(none)"
         raise InputError(
-            f"{where}: pattern {pattern!r} matches no unit{scope}; unit names look like "
-            f"{example!r} (patterns use re.search; anchor with ^...$ for exact names)"
+            f"{where}: pattern {shown(pattern)} matches no unit{scope}; unit names look like "
+            f"{shown(example)} (patterns use re.search; anchor with ^...$ for exact names)"
         )
     return found
 
@@ -151,7 +145,7 @@ def apply_filters(
     if constraints.allowed is not None:
         _filter_units(state, table, state.units, constraints.allowed, "constraints allowed")
     for k, rule in enumerate(constraints.rules):
-        where = f"constraints rules[{k}] (pattern {rule.pattern!r})"
+        where = f"constraints rules[{k}] (pattern {shown(rule.pattern)})"
         members = match_units(
             rule.pattern, state.units, f"constraints rules[{k}].pattern", _SELECTED
         )

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from allocator.errors import InfeasibleError, InputError
+from allocator.patterns import compile_pattern
 from allocator.schema.constraints import Constraints
 from allocator.schema.option import Option
 from allocator.schema.plan import Assignment, Plan
@@ -42,7 +43,8 @@ def tie_groups(units: Sequence[Unit], constraints: Constraints) -> list[list[Uni
             elif preset == "moe_experts" and ".experts." in u.name:
                 key_of[u.name] = re.sub(r"\.experts\.\d+\.", ".experts.*.", u.name)
     for i, patterns in enumerate(constraints.ties):
-        members = [u for u in units if any(re.search(p, u.name) for p in patterns)]
+        regexes = [compile_pattern(p, f"ties[{i}]") for p in patterns]
+        members = [u for u in units if any(r.search(u.name) is not None for r in regexes)]
         if not members:
             raise InputError(f"ties[{i}] = {patterns}: matches no unit; check the patterns")
         for u in members:

@@ -92,8 +92,14 @@ def test_pattern_matching_nothing_is_an_input_error(field: dict) -> None:
 
 
 def test_bad_regex_is_an_input_error() -> None:
+    # the schema refuses it when the constraints are built ...
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        UnitRule(pattern="proj(", min_bits=3)
+    # ... and the reductions when they are built around validation
+    rule = UnitRule.model_construct(pattern="proj(", min_bits=3, max_bits=None, pin=None)
+    rule.allow, rule.max_sparsity = None, None
     with pytest.raises(InputError, match="not a valid regular expression"):
-        reduce(_table(), _c(rules=[UnitRule(pattern="proj(", min_bits=3)]))
+        reduce(_table(), _c(rules=[rule]))
 
 
 def test_allowed_and_rule_bounds_filter_options() -> None:

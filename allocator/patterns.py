@@ -1,0 +1,88 @@
+"""Unit-name patterns from users: compiled once, here, with bounded cost.
+
+Every pattern field (``rules[].pattern``, ``ties``, ``include``, ``exclude``, and anything an
+export or the service matches against unit names) goes through ``compile_pattern``. Patterns run
+on RE2 (``google-re2``), whose matching time is linear in the name's length, so no pattern can
+backtrack catastrophically (``(a+)+$`` is as cheap as ``a+$``). RE2 has no backreferences or
+lookaround; such a pattern is an InputError. Patterns are also capped at ``MAX_PATTERN_CHARS``
+characters (matching cost grows with the pattern too), and errors never echo more than a short
+prefix of the pattern.
+
+Semantics are those of ``re.search`` on the unit's full name: anchor with ``^...$`` for exact
+names.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+from allocator.errors import InputError
+
+MAX_PATTERN_CHARS = 10_000
+SHOWN_CHARS = 80
+
+
+class Matcher(Protocol):
+    def search(self, text: str) -> object | None: ...
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, saying how long the whole was."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _options():  # type: ignore[no-untyped-def]
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every rejected pattern to stderr
+    options.max_mem = 64 << 20
+    return options
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(pattern: str) -> Matcher:
+    import re2
+
+    return re2.compile(pattern, _options())
+
+
+def compile_pattern(pattern: object, where: str = "pattern") -> Matcher:
+    """A compiled unit-name pattern, or an InputError naming ``where``, the pattern and the fix."""
+    if not isinstance(pattern, str):
+        raise InputError(f"{where}: {shown(pattern)} is not a string; write a regular expression")
+    if not pattern:
+        raise InputError(f"{where}: the pattern is empty; write a regular expression")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise InputError(
+            f"{where}: pattern {shown(pattern)} is longer than {MAX_PATTERN_CHARS} characters; "
+            "split it into several rules or use a shorter expression"
+        )
+    if "\x00" in pattern:
+        raise InputError(f"{where}: pattern {shown(pattern)} contains a NUL character; remove it")
+    try:
+        return _compile(pattern)
+    except Exception as exc:  # re2.error, or a pattern over RE2's memory budget
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        raise InputError(
+            f"{where}: {shown(pattern)} is not a valid regular expression ({shown(str(detail))[1:-1]}); "
+            "patterns use RE2 syntax (Python re without backreferences or lookaround)"
+        ) from None
+
+
+def check_pattern(pattern: str, where: str = "pattern") -> str:
+    """``pattern`` itself once it compiles (for schema validators)."""
+    compile_pattern(pattern, where)
+    return pattern
+
+
+def search(pattern: str, names: list[str], where: str = "pattern") -> list[str]:
+    """Names in which ``pattern`` finds a match, in the given order."""
+    regex = compile_pattern(pattern, where)
+    return [n for n in names if regex.search(n) is not None]
