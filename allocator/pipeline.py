@@ -1,14 +1,18 @@
-"""The end-to-end job behind ``allocator run``: profile -> solve -> apply -> evaluate.
+"""The end-to-end job behind ``allocator run``: profile -> solve -> apply -> validate -> evaluate.
 
 Stages and what each writes into the output folder:
 
 1. profile: ``table.json`` (SensitivityTable of the chosen estimator on calibration windows);
-2. solve: ``plan.json`` (exact solve of the table under the budget; optional closed-loop
+2. solve: ``solved_plan.json`` (exact solve of the table under the budget; optional closed-loop
    refinement, see ``allocator.refine``);
-3. apply: ``checkpoint/`` (the packed model; GPTQ by default) when the executor's checkpoint
-   writer is installed;
-4. evaluate: ``results.json`` and ``results.md`` (perplexity and KL vs the original on held-out
-   text, next to the uniform setting of the same or smaller size).
+3. apply: the solved plan and the uniform plan of the same or smaller size, each compressed
+   with the run's method (GPTQ by default) into ``candidates/plan`` and ``candidates/uniform``;
+4. validate: ``validation.json``: both candidates' mean KL against the original model on
+   held-out calibration windows (disjoint from the profiling and GPTQ windows, never the
+   evaluation text). A plan that measures worse than uniform is not trusted: the run keeps the
+   uniform model and says so. ``plan.json`` and ``checkpoint/`` are the chosen candidate;
+5. evaluate: ``results.json`` and ``results.md`` (perplexity and KL vs the original on held-out
+   text for the original, the plan and uniform, in one streamed pass).
 
 ``state.json`` records, per stage, a hash of everything the stage's output depends on; a rerun
 skips every stage whose output exists with a matching hash, so a killed run resumes.
@@ -54,6 +58,9 @@ class RunSettings(BaseModel):
     calib_text: list[str] | None = None
     eval_text: list[str] | None = None
     compare_uniform: bool = True
+    validate_plan: bool = True
+    validate_windows: int = Field(default=8, ge=1)
+    bos: bool | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -123,7 +130,7 @@ class Job:
                 self._texts[which] = corpus.default_evaluation_text()
         return self._texts[which]
 
-    def windows(self, which: str, n: int, seq_len: int) -> Any:
+    def windows(self, which: str, n: int, seq_len: int, *, holdout: bool = False) -> Any:
         from allocator.models.windows import token_windows
 
         return token_windows(
@@ -133,6 +140,8 @@ class Job:
             n_windows=n,
             seed=self.settings.seed,
             contiguous=which == "eval",
+            bos=self.settings.bos,
+            holdout=holdout,
         )
 
     def data_hash(self, which: str) -> str:
@@ -143,7 +152,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
     s = job.settings
     key = _hash(
         "profile", s.model, s.estimator, s.options, s.profile_windows, s.profile_seq_len,
-        s.seed, job.data_hash("calib"),
+        s.seed, s.bos, job.data_hash("calib"),
     )  # fmt: skip
     if stages.done("profile", key, "table.json"):
         job.log("profile: table.json is up to date, skipped")
@@ -156,6 +165,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         job.text("calib"),
         s.estimator,
         s.options,
+        bos=s.bos,
         windows=s.profile_windows,
         seq_len=s.profile_seq_len,
         seed=s.seed,
@@ -175,9 +185,9 @@ def solve_stage(job: Job, stages: Stages, table: SensitivityTable) -> Plan:
     constraints = Constraints.simple(s.budget)
     key = _hash("solve", table.content_hash(), constraints.content_hash(), s.solver,
                 s.refine_rounds, s.refine_windows, s.method)  # fmt: skip
-    if stages.done("solve", key, "plan.json"):
-        job.log("solve: plan.json is up to date, skipped")
-        return load_plan(stages.out / "plan.json")
+    if stages.done("solve", key, "solved_plan.json"):
+        job.log("solve: solved_plan.json is up to date, skipped")
+        return load_plan(stages.out / "solved_plan.json")
     from allocator.solve.api import solve
 
     plan = solve(table, constraints, solver=s.solver)
@@ -196,32 +206,46 @@ def solve_stage(job: Job, stages: Stages, table: SensitivityTable) -> Plan:
         atomic_write_text(stages.out / "refine.json", json.dumps(result.summary(), indent=1))
         job.log(f"refine: measured KL {result.rounds[0].measured:.4f} -> "
                 f"{result.rounds[result.best].measured:.4f}")  # fmt: skip
-    save_plan(plan, stages.out / "plan.json")
+    save_plan(plan, stages.out / "solved_plan.json")
     stages.mark("solve", key)
     job.log(f"solve: {plan.solver} {plan.status}, {plan.avg_bits:.3f} bits/weight, "
             f"predicted loss {plan.predicted_loss:.4g}")  # fmt: skip
     return plan
 
 
-def apply_stage(job: Job, stages: Stages, plan: Plan) -> tuple[Any, str]:
-    """The compressed model and the apply stage's key (the checkpoint is saved when possible)."""
+def uniform_plan_for(job: Job) -> Plan:
+    """Uniform setting of the same or smaller size (largest single option that fits)."""
+    from allocator.models.units import find_units
+    from allocator.profile.options import parse_options
+    from allocator.solve.rules import plan_from_choice, uniform_choice
+
+    units = find_units(job.loaded.model)
+    constraints = Constraints.simple(job.settings.budget)
+    grid = parse_options("bits=2,3,4,5,6,8 group=32,64,128,256")
+    choice = uniform_choice(units, constraints, grid)
+    return plan_from_choice(units, choice, constraints, solver="rule:uniform")
+
+
+def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, str]:
+    """The model compressed by ``plan`` and its key; the checkpoint goes to ``candidates/NAME``."""
     s = job.settings
     key = _hash("apply", plan.content_hash(), job.loaded.model_hash, s.method, s.quant_windows,
-                s.seq_len, s.seed, job.data_hash("calib"))  # fmt: skip
+                s.seq_len, s.seed, s.bos, job.data_hash("calib"))  # fmt: skip
+    folder = f"candidates/{name}"
     checkpoint = _checkpoint_module()
-    if checkpoint is not None and stages.done("apply", key, "checkpoint"):
-        job.log("apply: checkpoint is up to date, loaded")
-        return checkpoint.load_checkpoint(stages.out / "checkpoint"), key
+    if checkpoint is not None and stages.done(f"apply:{name}", key, folder):
+        job.log(f"apply {name}: checkpoint is up to date, loaded")
+        return checkpoint.load_checkpoint(stages.out / folder), key
     from allocator.quant.apply import apply_plan
 
     start = time.perf_counter()
     calib = job.windows("calib", s.quant_windows, s.seq_len)
     model = apply_plan(job.fresh_model(), plan, calib, method=s.method, progress=job.progress)
-    job.log(f"apply: {s.method} in {time.perf_counter() - start:.1f}s")
+    job.log(f"apply {name}: {s.method} in {time.perf_counter() - start:.1f}s")
     if checkpoint is not None:
-        checkpoint.save_checkpoint(model, plan, stages.out / "checkpoint",
+        checkpoint.save_checkpoint(model, plan, stages.out / folder,
                                    tokenizer=job.loaded.tokenizer)  # fmt: skip
-        stages.mark("apply", key)
+        stages.mark(f"apply:{name}", key)
     return model, key
 
 
@@ -233,60 +257,87 @@ def _checkpoint_module() -> Any:
     return checkpoint
 
 
-def evaluate_stage(job: Job, stages: Stages, plan: Plan, model: Any, apply_key: str) -> dict:
-    from allocator.evaluate import LogProbCache, evaluate
+def validate_stage(
+    job: Job, stages: Stages, plan: Plan, candidates: dict[str, Any], keys: dict[str, str]
+) -> dict[str, Any]:
+    """Mean KL of each candidate on held-out calibration windows; picks the plan unless uniform
+    measures better. Writes ``validation.json``."""
+    from allocator.evaluate import evaluate_many
+
+    s = job.settings
+    key = _hash("validate", keys, s.validate_windows, s.seq_len, s.seed, s.bos,
+                job.data_hash("calib"))  # fmt: skip
+    if stages.done("validate", key, "validation.json"):
+        job.log("validate: validation.json is up to date, skipped")
+        return json.loads((stages.out / "validation.json").read_text())
+    ids = job.windows("calib", s.validate_windows, s.seq_len, holdout=True)
+    measured = evaluate_many(candidates, ids, job.loaded.model, progress=job.progress,
+                             desc="validate")  # fmt: skip
+    kl = {name: measured[name].kl for name in candidates}
+    chosen = "plan"
+    if "uniform" in kl and kl["uniform"] is not None and kl["plan"] is not None:
+        chosen = "plan" if kl["plan"] <= kl["uniform"] else "uniform"
+    record = {
+        "windows": int(ids.shape[0]),
+        "seq_len": int(ids.shape[1]),
+        "predicted_loss": plan.predicted_loss,
+        "measured_kl": kl,
+        "chosen": chosen,
+    }
+    atomic_write_text(stages.out / "validation.json", json.dumps(record, indent=1) + "\n")
+    stages.mark("validate", key)
+    verdict = "kept" if chosen == "plan" else "NOT better than uniform: falling back to uniform"
+    job.log("validate: held-out calibration KL " + ", ".join(
+        f"{n} {v:.4f}" for n, v in kl.items() if v is not None) + f"; plan {verdict}")  # fmt: skip
+    return record
+
+
+def _install_choice(stages: Stages, chosen: str, plan: Plan) -> None:
+    """``plan.json`` and ``checkpoint/`` become the chosen candidate's (atomic per file/folder)."""
+    import shutil
+
+    save_plan(plan, stages.out / "plan.json")
+    source = stages.out / "candidates" / chosen
+    if not source.is_dir():
+        return
+    target = stages.out / "checkpoint"
+    tmp = stages.out / ".checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def evaluate_stage(
+    job: Job, plan: Plan, candidates: dict[str, Any], plans: dict[str, Plan], chosen: str
+) -> dict:
+    from allocator.evaluate import evaluate_many
 
     s = job.settings
     eval_ids = job.windows("eval", s.eval_windows, s.seq_len)
-    reference = LogProbCache.build(job.loaded.model, eval_ids, progress=job.progress)
-    try:
-        ours = evaluate(model, eval_ids, reference, progress=job.progress, desc="planned")
-        rows = [_row("unmodified", 32.0, _cached_perplexity(reference, eval_ids), 0.0),
-                _row(f"plan ({s.estimator} table, {plan.solver}, {s.method})", plan.avg_bits,
-                     ours.perplexity, ours.kl)]  # fmt: skip
-        if s.compare_uniform:
-            rows.append(_uniform_row(job, eval_ids, reference))
-    finally:
-        reference.close()
-    results = {"settings": s.model_dump(), "apply_key": apply_key, "rows": rows,
-               "predicted_loss": plan.predicted_loss, "budget": s.budget}  # fmt: skip
-    return results
+    measured = evaluate_many(candidates, eval_ids, job.loaded.model, reference_name="unmodified",
+                             progress=job.progress, desc="evaluate")  # fmt: skip
+    base = measured["unmodified"]
+    rows = [_row("unmodified", 32.0, base.perplexity, 0.0)]
+    labels = {"plan": f"plan ({s.estimator} table, {plan.solver}, {s.method})",
+              "uniform": f"uniform {plans['uniform'].assignments[0].option.key} ({s.method})"
+              if "uniform" in plans else "uniform"}  # fmt: skip
+    for name in candidates:
+        label = labels[name] + (" [chosen]" if name == chosen and len(candidates) > 1 else "")
+        rows.append(_row(label, plans[name].avg_bits, measured[name].perplexity,
+                         measured[name].kl))  # fmt: skip
+    return {"settings": s.model_dump(), "rows": rows, "predicted_loss": plan.predicted_loss,
+            "budget": s.budget, "chosen": chosen, "bos": bool(eval_ids.shape[1] and _starts_with_bos(job, eval_ids)),
+            "eval_windows": int(eval_ids.shape[0]), "seq_len": int(eval_ids.shape[1])}  # fmt: skip
 
 
-def _cached_perplexity(reference: Any, eval_ids: Any) -> float:
-    """Perplexity of the reference model from its cached log-probs (saves a forward pass)."""
-    import math
-
-    nll = 0.0
-    for i in range(eval_ids.shape[0]):
-        logp = reference.log_probs(i, i + 1)[0].log_softmax(-1)
-        nll -= float(logp[:-1].gather(1, eval_ids[i, 1:, None]).sum())
-    return math.exp(nll / (eval_ids.shape[0] * (eval_ids.shape[1] - 1)))
+def _starts_with_bos(job: Job, ids: Any) -> bool:
+    bos = getattr(job.loaded.tokenizer, "bos_token_id", None)
+    return bos is not None and bool((ids[:, 0] == bos).all())
 
 
 def _row(name: str, bits: float, ppl: float, kl: float | None) -> dict[str, Any]:
     return {"method": name, "avg_bits": bits, "perplexity": ppl, "kl": kl}
-
-
-def _uniform_row(job: Job, eval_ids: Any, reference: Any) -> dict[str, Any]:
-    """Uniform setting of the same or smaller size (largest single option that fits), same method."""
-    from allocator.evaluate import evaluate
-    from allocator.models.units import find_units
-    from allocator.profile.options import parse_options
-    from allocator.quant.apply import apply_plan
-    from allocator.solve.rules import plan_from_choice, uniform_choice
-
-    s = job.settings
-    units = find_units(job.loaded.model)
-    constraints = Constraints.simple(s.budget)
-    grid = parse_options("bits=2,3,4,5,6,8 group=32,64,128,256")
-    plan = plan_from_choice(units, uniform_choice(units, constraints, grid), constraints,
-                            solver="rule:uniform")  # fmt: skip
-    calib = job.windows("calib", s.quant_windows, s.seq_len)
-    model = apply_plan(job.fresh_model(), plan, calib, method=s.method, progress=job.progress)
-    result = evaluate(model, eval_ids, reference, progress=job.progress, desc="uniform")
-    name = f"uniform {plan.assignments[0].option.key} ({s.method})"
-    return _row(name, plan.avg_bits, result.perplexity, result.kl)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -295,6 +346,19 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["rows"]:
         kl = "-" if r["kl"] is None else f"{r['kl']:.4f}"
         lines.append(f"| {r['method']} | {r['avg_bits']:.3f} | {r['perplexity']:.2f} | {kl} |")
+    windows = results.get("eval_windows")
+    if windows:
+        bos = ", each starting with BOS" if results.get("bos") else ""
+        lines += ["", f"Evaluation: {windows} held-out windows x {results['seq_len']} tokens{bos}."]
+    validation = results.get("validation")
+    if validation:
+        kl = ", ".join(
+            f"{n} {v:.4f}" for n, v in validation["measured_kl"].items() if v is not None
+        )
+        lines.append(
+            f"Validation on {validation['windows']} held-out calibration windows, mean KL: {kl}; "
+            f"predicted loss {validation['predicted_loss']:.4g}; chosen: {validation['chosen']}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -315,12 +379,27 @@ def run(
     start = time.perf_counter()
     table = profile_stage(job, stages)
     plan = solve_stage(job, stages, table)
-    eval_key = _hash("eval", plan.content_hash(), settings.model_dump(), job.data_hash("eval"))
-    if stages.done("evaluate", eval_key, "results.json"):
+    plans = {"plan": plan}
+    if settings.validate_plan or settings.compare_uniform:
+        plans["uniform"] = uniform_plan_for(job)
+    eval_key = _hash("eval", {n: p.content_hash() for n, p in plans.items()},
+                     settings.model_dump(), job.data_hash("eval"))  # fmt: skip
+    if stages.done("evaluate", eval_key, "results.json", "plan.json"):
         log("evaluate: results.json is up to date, skipped")
         return json.loads((folder / "results.json").read_text())
-    model, apply_key = apply_stage(job, stages, plan)
-    results = evaluate_stage(job, stages, plan, model, apply_key)
+    candidates, keys = {}, {}
+    for name, candidate_plan in plans.items():
+        candidates[name], keys[name] = apply_stage(job, stages, candidate_plan, name)
+    validation = None
+    chosen = "plan"
+    if settings.validate_plan and "uniform" in candidates:
+        validation = validate_stage(job, stages, plan, candidates, keys)
+        chosen = validation["chosen"]
+    _install_choice(stages, chosen, plans[chosen])
+    if not settings.compare_uniform and chosen == "plan":
+        candidates.pop("uniform", None)
+    results = evaluate_stage(job, plan, candidates, plans, chosen)
+    results["validation"] = validation
     results["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_text(folder / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write_text(folder / "results.md", markdown(results))

@@ -53,6 +53,12 @@ def register(app: typer.Typer) -> None:
         act_order: Annotated[
             bool, typer.Option("--act-order/--no-act-order", help="GPTQ act-order")
         ] = True,
+        bos: Annotated[
+            bool | None,
+            typer.Option(
+                "--bos/--no-bos", help="start windows with BOS (default: as the tokenizer does)"
+            ),
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
     ) -> None:
         """Compress a model by a plan and save it as a packed checkpoint."""
@@ -68,7 +74,7 @@ def register(app: typer.Typer) -> None:
         if needs_calibration(loaded_plan, method):
             text = _text(calib_text, "default_calibration_text")
             windows = token_windows(
-                loaded.tokenizer, text, seq_len=seq_len, n_windows=calib_windows, seed=seed
+                loaded.tokenizer, text, seq_len=seq_len, n_windows=calib_windows, seed=seed, bos=bos
             )
         apply_plan(
             loaded.model,
@@ -100,7 +106,15 @@ def register(app: typer.Typer) -> None:
         reference: Annotated[
             str | None, typer.Option("--reference", help="model to measure KL against")
         ] = None,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+        batch_size: Annotated[
+            int | None, typer.Option("--batch-size", min=1, help="default: fits 512 MB of logits")
+        ] = None,
+        bos: Annotated[
+            bool | None,
+            typer.Option(
+                "--bos/--no-bos", help="start windows with BOS (default: as the tokenizer does)"
+            ),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
     ) -> None:
@@ -114,7 +128,9 @@ def register(app: typer.Typer) -> None:
         if tokenizer is None:
             tokenizer = load_any(reference).tokenizer if reference else None
         body = _text(text, "default_evaluation_text")
-        ids = token_windows(tokenizer, body, seq_len=seq_len, n_windows=windows, contiguous=True)
+        ids = token_windows(
+            tokenizer, body, seq_len=seq_len, n_windows=windows, contiguous=True, bos=bos
+        )
         result = evaluate(loaded.model, ids, ref, batch_size=batch_size, progress=not quiet)
         record = {
             "model": model,

@@ -39,6 +39,13 @@ def register(app: typer.Typer) -> None:
             list[Path] | None, typer.Option(help="held-out evaluation text files")
         ] = None,
         compare_uniform: bool = typer.Option(True, help="also evaluate uniform at the same size"),
+        validate: bool = typer.Option(
+            True, help="measure plan vs uniform on held-out calibration windows; keep the better"
+        ),
+        validate_windows: int = typer.Option(8, help="held-out calibration windows to validate on"),
+        bos: bool | None = typer.Option(
+            None, "--bos/--no-bos", help="start windows with BOS (default: as the tokenizer does)"
+        ),
         seed: int = typer.Option(0, help="random seed"),
         device: str = typer.Option("cpu", help="cpu or cuda"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or logs"),
@@ -62,6 +69,9 @@ def register(app: typer.Typer) -> None:
             calib_text=[str(p) for p in calib_text] if calib_text else None,
             eval_text=[str(p) for p in eval_text] if eval_text else None,
             compare_uniform=compare_uniform,
+            validate_plan=validate,
+            validate_windows=validate_windows,
+            bos=bos,
             seed=seed,
             device=device,
         )

@@ -1,5 +1,21 @@
 """Evaluating compressed models: perplexity on held-out text and mean KL against the original."""
 
-from allocator.evaluate.metrics import EvalResult, LogProbCache, evaluate, mean_kl, perplexity
+from allocator.evaluate.metrics import (
+    EvalResult,
+    LogProbCache,
+    auto_batch_size,
+    evaluate,
+    evaluate_many,
+    mean_kl,
+    perplexity,
+)
 
-__all__ = ["EvalResult", "LogProbCache", "evaluate", "mean_kl", "perplexity"]
+__all__ = [
+    "EvalResult",
+    "LogProbCache",
+    "auto_batch_size",
+    "evaluate",
+    "evaluate_many",
+    "mean_kl",
+    "perplexity",
+]

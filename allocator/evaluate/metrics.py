@@ -2,9 +2,11 @@
 
 Perplexity is ``exp(mean NLL)`` over every predicted token (positions 1..L-1 of each window).
 Mean KL is ``KL(p_ref || p_model)`` per token, averaged over every position of every window;
-the reference is either a second model (run batch by batch next to the evaluated one) or a
-``LogProbCache`` of its log-probabilities kept on disk in fp16 (renormalized when read), so all
-logits of all windows are never held in memory at once.
+the reference is either a second model (run batch by batch next to the evaluated ones, its
+logits shared by every candidate of ``evaluate_many``) or, for small repeated measurements, a
+``LogProbCache`` of its log-probabilities kept on disk in fp16 (renormalized when read). Batches
+are sized so one batch of fp32 logits stays under ``LOGIT_BYTES``: memory does not grow with
+the vocabulary or the number of windows.
 """
 
 from __future__ import annotations
@@ -140,40 +142,95 @@ def _reference_log_probs(reference: Any, windows: torch.Tensor, start: int, batc
     return _logits(reference, batch)
 
 
+LOGIT_BYTES = 512 << 20  # fp32 logits of one batch stay under this (vocab-independent memory)
+
+
+def auto_batch_size(model: Any, seq_len: int, budget_bytes: int = LOGIT_BYTES) -> int:
+    """Windows per batch so one batch's fp32 logits fit ``budget_bytes`` (at least 1)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = int(head.weight.shape[0]) if head is not None else 1
+    return max(1, min(8, budget_bytes // max(4 * seq_len * vocab, 1)))
+
+
+def evaluate_many(
+    models: dict[str, Any],
+    windows: torch.Tensor,
+    reference: Any = None,
+    *,
+    reference_name: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict[str, EvalResult]:
+    """Perplexity (and mean KL vs ``reference``) of several models in one pass over ``windows``.
+
+    A reference model's logits are computed once per batch and shared by every candidate, so
+    memory is one batch of logits per model whatever the vocabulary, and nothing is cached.
+    With a reference model and ``reference_name``, its own perplexity is reported under that
+    name (KL 0).
+    """
+    began = time.perf_counter()
+    first = next(iter(models.values()), reference)
+    size = batch_size or auto_batch_size(first, windows.shape[1])
+    nll = dict.fromkeys(models, 0.0)
+    kl = dict.fromkeys(models, 0.0)
+    ref_nll = 0.0
+    own_reference = reference is not None and not isinstance(reference, LogProbCache)
+    bar = tqdm(total=windows.shape[0], desc=desc, disable=not progress)
+    for start, batch in _batches(windows, size):
+        ref_logits = None
+        if reference is not None:
+            ref_logits = _reference_log_probs(reference, windows, start, batch)
+            if own_reference and reference_name is not None:
+                ref_nll += _nll_sum(ref_logits, batch)
+        for name, model in models.items():
+            logits = _logits(model, batch)
+            nll[name] += _nll_sum(logits, batch)
+            if ref_logits is not None:
+                kl[name] += _kl_sum(ref_logits, logits)
+            del logits
+        del ref_logits
+        bar.update(batch.shape[0])
+    bar.close()
+    n, seq_len = windows.shape
+    n_pred = n * (seq_len - 1)
+    seconds = time.perf_counter() - began
+
+    def result(total_nll: float, total_kl: float | None) -> EvalResult:
+        return EvalResult(
+            perplexity=math.exp(total_nll / n_pred),
+            kl=None if total_kl is None else total_kl / (n * seq_len),
+            n_windows=n,
+            n_tokens=n_pred,
+            seconds=seconds,
+        )
+
+    results = {
+        name: result(nll[name], kl[name] if reference is not None else None) for name in models
+    }
+    if own_reference and reference_name is not None:
+        results[reference_name] = result(ref_nll, 0.0)
+    return results
+
+
 def evaluate(
     model: Any,
     windows: torch.Tensor,
     reference: Any = None,
     *,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     progress: bool = True,
     desc: str = "evaluate",
 ) -> EvalResult:
     """Perplexity of ``model`` on ``windows`` (n, L) and, with a reference, mean KL, in one pass."""
-    began = time.perf_counter()
-    nll, kl = 0.0, 0.0
-    bar = tqdm(total=windows.shape[0], desc=desc, disable=not progress)
-    for start, batch in _batches(windows, batch_size):
-        logits = _logits(model, batch)
-        nll += _nll_sum(logits, batch)
-        if reference is not None:
-            kl += _kl_sum(_reference_log_probs(reference, windows, start, batch), logits)
-        del logits
-        bar.update(batch.shape[0])
-    bar.close()
-    n, seq_len = windows.shape
-    n_pred = n * (seq_len - 1)
-    return EvalResult(
-        perplexity=math.exp(nll / n_pred),
-        kl=None if reference is None else kl / (n * seq_len),
-        n_windows=n,
-        n_tokens=n_pred,
-        seconds=time.perf_counter() - began,
+    results = evaluate_many(
+        {"model": model}, windows, reference, batch_size=batch_size, progress=progress, desc=desc
     )
+    return results["model"]
 
 
 def perplexity(
-    model: Any, windows: torch.Tensor, *, batch_size: int = 4, progress: bool = True
+    model: Any, windows: torch.Tensor, *, batch_size: int | None = None, progress: bool = True
 ) -> float:
     """exp(mean next-token NLL) of the model on windows (n, L)."""
     return evaluate(
@@ -186,7 +243,7 @@ def mean_kl(
     reference: Any,
     windows: torch.Tensor,
     *,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> float:
     """Mean per-token KL(reference || model); reference is a model or a LogProbCache."""

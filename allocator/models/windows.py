@@ -8,6 +8,15 @@ from typing import Any
 from allocator.errors import InputError
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer starts every encoded text with its BOS token by default."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return len(ids) > 0 and ids[0] == bos
+
+
 def token_windows(
     tokenizer: Any,
     text: str,
@@ -16,29 +25,46 @@ def token_windows(
     n_windows: int | None,
     seed: int = 0,
     contiguous: bool = False,
+    bos: bool | None = None,
+    holdout: bool = False,
 ) -> Any:
     """Return a LongTensor (n, seq_len) of token windows from the text.
 
     ``contiguous=True`` takes the first ``n_windows`` non-overlapping windows (evaluation);
     otherwise ``n_windows`` random non-overlapping windows chosen with ``seed`` (calibration).
-    ``n_windows=None`` takes every window.
+    ``n_windows=None`` takes every window. With ``bos`` (default: when the tokenizer adds BOS
+    by default, as for Gemma and Llama 3) every window is the BOS token followed by
+    ``seq_len - 1`` text tokens, the input such models always see; the window's first text
+    token is then predicted and scored, as in llama.cpp's perplexity. ``holdout=True`` takes
+    random windows from the other end of the same permutation: disjoint from the calibration
+    windows of the same seed while the two counts together fit the text.
     """
     import torch
 
+    use_bos = adds_bos(tokenizer) if bos is None else bos
+    if use_bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise InputError("bos: the tokenizer has no BOS token; run without --bos")
+    body = seq_len - 1 if use_bos else seq_len
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    available = ids.numel() // seq_len
+    available = ids.numel() // body if body > 0 else 0
     if available < 1:
         raise InputError(
             f"text has {ids.numel()} tokens, fewer than one window of seq_len={seq_len}; "
             "give more text or a smaller --seq-len"
         )
     n = available if n_windows is None else min(n_windows, available)
-    chunks = ids[: available * seq_len].view(available, seq_len)
+    chunks = ids[: available * body].view(available, body)
     if contiguous:
-        return chunks[:n].clone()
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(available, generator=generator)[:n]
-    return chunks[order.sort().values].clone()
+        chosen = chunks[:n]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(available, generator=generator)
+        order = order[available - n :] if holdout else order[:n]
+        chosen = chunks[order.sort().values]
+    if use_bos:
+        prefix = torch.full((chosen.shape[0], 1), int(tokenizer.bos_token_id), dtype=chosen.dtype)
+        chosen = torch.cat([prefix, chosen], dim=1)
+    return chosen.clone()
 
 
 def text_hash(text: str) -> str:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from allocator.errors import InputError, UnsupportedError
+from allocator.models.blocks import check_replay
 from allocator.models.corpus import default_calibration_text, read_texts
 from allocator.models.loader import LoadedModel, load_model
 from allocator.models.units import find_units
@@ -51,7 +52,7 @@ def _resolve_model(model: Any, device: str) -> LoadedModel:
 
 
 def _windows(
-    loaded: LoadedModel, data: Data, n: int | None, seq_len: int, seed: int
+    loaded: LoadedModel, data: Data, n: int | None, seq_len: int, seed: int, bos: bool | None
 ) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
@@ -65,7 +66,14 @@ def _windows(
         text = data
     else:
         text = read_texts(list(data))
-    return token_windows(loaded.tokenizer, text, seq_len=seq_len, n_windows=n or 1, seed=seed)
+    return token_windows(
+        loaded.tokenizer, text, seq_len=seq_len, n_windows=n or 1, seed=seed, bos=bos
+    )
+
+
+def _starts_with_bos(loaded: LoadedModel, ids: torch.Tensor) -> bool:
+    bos = getattr(loaded.tokenizer, "bos_token_id", None)
+    return bos is not None and bool((ids[:, 0] == bos).all())
 
 
 def _versions() -> dict[str, str]:
@@ -97,11 +105,13 @@ def profile(
     journal: str | os.PathLike[str] | None = None,
     resume: bool = False,
     settings: dict[str, Any] | None = None,
+    bos: bool | None = None,
 ) -> SensitivityTable:
     """Profile a model (name, path, LoadedModel or nn.Module) and return its SensitivityTable.
 
     ``data``: text, a list of text files, token windows (n, L), or None for the Jane Austen
-    calibration novels. ``windows``/``seq_len`` default to the estimator's budget. Journaled
+    calibration novels. ``windows``/``seq_len`` default to the estimator's budget; ``bos``: start
+    every window with BOS (default: when the tokenizer adds it). Journaled
     estimators (kl, hessian_kl, block_error) persist each unit to ``journal`` and skip the units
     already there when ``resume`` is true.
     """
@@ -117,8 +127,9 @@ def profile(
     length = seq_len or spec.seq_len
     torch.manual_seed(seed)
     input_ids = _windows(
-        loaded, data, windows if isinstance(data, torch.Tensor) else n, length, seed
+        loaded, data, windows if isinstance(data, torch.Tensor) else n, length, seed, bos
     )
+    check_replay(loaded.model, input_ids[:1, :64])
     extra = dict(settings or {})
     record = {
         "estimator": estimator,
@@ -126,6 +137,7 @@ def profile(
         "windows": int(input_ids.shape[0]),
         "seq_len": int(input_ids.shape[1]),
         "seed": seed,
+        "bos": bool(input_ids.shape[0] and _starts_with_bos(loaded, input_ids)),
         "compressor": "allocator.quant.compress (rtn: vectorized equivalent)",
         **{k: v for k, v in extra.items() if k != "imatrix"},
     }

@@ -118,7 +118,7 @@ def compress_unit(
 
 def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, Any]) -> list[Any]:
     """Pre-hooks accumulating ActStats per linear; layers fed the same tensor share one."""
-    from allocator.profile.capture import ActStats
+    from allocator.models.actstats import ActStats
 
     shared: dict[int, Any] = {}
 
@@ -149,17 +149,18 @@ def _apply_blockwise(
     progress: bool,
 ) -> set[str]:
     """Sequential block-by-block compression; returns the names it handled."""
-    from allocator.profile.capture import (
-        embed_inputs,
+    from allocator.models.blocks import (
+        check_replay,
         find_backbone,
-        layers_prefix,
         linear_children,
+        record_block_calls,
         run_block,
     )
 
+    check_replay(model, calib_windows[:1, :64])
     backbone = find_backbone(model)
-    prefix = layers_prefix(model)
-    inputs = embed_inputs(backbone, calib_windows, batch_size)
+    prefix = backbone.prefix
+    inputs = record_block_calls(backbone, calib_windows, batch_size)
     handled: set[str] = set()
     bar = tqdm(total=len(backbone.layers), desc="apply", unit="block", disable=not progress)
     for index, block in enumerate(backbone.layers):
@@ -168,10 +169,10 @@ def _apply_blockwise(
         }
         stats: dict[str, Any] = {}
         if any(any(_needs(options[n])) for n in linears):
-            for hidden, kwargs in inputs:
+            for hidden, call in inputs:
                 hooks = _stat_hooks(linears, stats)
                 try:
-                    block(hidden, **kwargs)
+                    call(block, hidden)
                 finally:
                     for handle in hooks:
                         handle.remove()

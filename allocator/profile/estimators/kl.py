@@ -34,8 +34,7 @@ class KLMeter:
         self.n_tokens = sum(h.shape[0] * h.shape[1] for h in self.states[-1].hidden)
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.backbone.head(self.backbone.norm(hidden)).float()
-        return torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(self.backbone.logits(hidden).float(), dim=-1)
 
     @torch.no_grad()
     def measure(self, unit: Unit, weight: torch.Tensor) -> float:
