@@ -52,18 +52,26 @@ def _compile(pattern: str) -> Matcher:
 
 
 def compile_pattern(pattern: object, where: str = "pattern") -> Matcher:
-    """A compiled unit-name pattern, or an InputError naming ``where``, the pattern and the fix."""
+    """A compiled unit-name pattern, or an InputError naming ``where``, the pattern and the fix
+    (``where=""``: the message starts with the problem, for schema validators)."""
+    try:
+        return _checked(pattern)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def _checked(pattern: object) -> Matcher:
     if not isinstance(pattern, str):
-        raise InputError(f"{where}: {shown(pattern)} is not a string; write a regular expression")
+        raise InputError(f"{shown(pattern)} is not a string; write a regular expression")
     if not pattern:
-        raise InputError(f"{where}: the pattern is empty; write a regular expression")
+        raise InputError("the pattern is empty; write a regular expression")
     if len(pattern) > MAX_PATTERN_CHARS:
         raise InputError(
-            f"{where}: pattern {shown(pattern)} is longer than {MAX_PATTERN_CHARS} characters; "
+            f"pattern {shown(pattern)} is longer than {MAX_PATTERN_CHARS} characters; "
             "split it into several rules or use a shorter expression"
         )
     if "\x00" in pattern:
-        raise InputError(f"{where}: pattern {shown(pattern)} contains a NUL character; remove it")
+        raise InputError(f"pattern {shown(pattern)} contains a NUL character; remove it")
     try:
         return _compile(pattern)
     except Exception as exc:  # re2.error, or a pattern over RE2's memory budget
@@ -71,8 +79,9 @@ def compile_pattern(pattern: object, where: str = "pattern") -> Matcher:
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
         raise InputError(
-            f"{where}: {shown(pattern)} is not a valid regular expression ({shown(str(detail))[1:-1]}); "
-            "patterns use RE2 syntax (Python re without backreferences or lookaround)"
+            f"pattern {shown(pattern)} is not a valid regular expression "
+            f"({shown(str(detail))[1:-1]}); patterns use RE2 syntax (Python re without "
+            "backreferences or lookaround)"
         ) from None
 
 

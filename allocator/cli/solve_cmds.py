@@ -8,6 +8,7 @@ check failed, 70 internal error.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -81,14 +82,18 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 
 
 def _budgets(text: str) -> list[float]:
+    from allocator.patterns import shown
+
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InputError(
-            f"--budgets {text!r}: give average bits separated by commas, e.g. 2.5,3,4"
+            f"--budgets {shown(text)}: give average bits separated by commas, e.g. 2.5,3,4"
         ) from None
-    if not values or any(v <= 0 for v in values):
-        raise InputError(f"--budgets {text!r}: give positive average bits, e.g. 2.5,3,3.5,4")
+    if not values or any(not math.isfinite(v) or not 0 < v <= 1e6 for v in values):
+        raise InputError(
+            f"--budgets {shown(text)}: give positive finite average bits, e.g. 2.5,3,3.5,4"
+        )
     return values
 
 

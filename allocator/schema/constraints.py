@@ -28,9 +28,17 @@ TiePreset = Literal["qkv", "gate_up", "moe_experts"]
 def _valid_pattern(pattern: str, prefix: str = "") -> str:
     """A ValueError (so pydantic names the field) when ``pattern`` does not compile."""
     try:
-        return check_pattern(pattern, "pattern")
+        return check_pattern(pattern, "")
     except InputError as exc:
         raise ValueError(f"{prefix}{exc}") from None
+
+
+def _option_key(spec: str) -> str:
+    """The canonical key of ``spec``; a ValueError (so pydantic names the file and field) else."""
+    try:
+        return Option.parse(spec, where="option").key
+    except InputError as exc:
+        raise ValueError(str(exc).removeprefix("option: ")) from None
 
 
 class Budget(BaseModel):
@@ -68,7 +76,7 @@ class OptionFilter(BaseModel):
     @field_validator("keys")
     @classmethod
     def _canonical_keys(cls, keys: list[str] | None) -> list[str] | None:
-        return None if keys is None else [Option.parse(k, where="allowed.keys").key for k in keys]
+        return None if keys is None else [_option_key(k) for k in keys]
 
     def allows(self, option: Option) -> bool:
         if self.keys is not None and option.key not in self.keys:
@@ -108,7 +116,7 @@ class UnitRule(BaseModel):
     @field_validator("pin")
     @classmethod
     def _canonical_pin(cls, pin: str | None) -> str | None:
-        return None if pin is None else Option.parse(pin, where="rules.pin").key
+        return None if pin is None else _option_key(pin)
 
     @model_validator(mode="after")
     def _bounds_order(self) -> UnitRule:

@@ -99,7 +99,7 @@ class Option(BaseModel):
             try:
                 return cls.model_validate(spec)
             except ValueError as exc:
-                raise InputError(f"{where}: invalid option {shown(spec)}: {exc}") from None
+                raise InputError(f"{where}: invalid option {shown(spec)}: {_reason(exc)}") from None
         if not isinstance(spec, str):
             raise InputError(
                 f"{where}: option must be a string like 'b4-g128' or a mapping, got {shown(spec)}"
@@ -133,4 +133,17 @@ class Option(BaseModel):
         try:
             return cls(**fields)
         except ValueError as exc:
-            raise InputError(f"{where}: invalid option {shown(spec)}: {exc}") from None
+            raise InputError(f"{where}: invalid option {shown(spec)}: {_reason(exc)}") from None
+
+
+def _reason(exc: ValueError) -> str:
+    """One line per problem of a pydantic ValidationError (field: message), else ``str(exc)``."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

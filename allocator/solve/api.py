@@ -9,6 +9,8 @@ constraints allow.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import platform
 import time
@@ -18,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from allocator import __version__
-from allocator.errors import PlanCheckError, UnsupportedError
+from allocator.errors import InputError, PlanCheckError, UnsupportedError
+from allocator.patterns import shown
 from allocator.schema import io
 from allocator.schema.constraints import Constraints
 from allocator.schema.plan import Assignment, Plan
@@ -35,13 +38,44 @@ ConstraintsLike = Constraints | str | os.PathLike[str]
 
 
 def as_table(table: TableLike) -> SensitivityTable:
-    return table if isinstance(table, SensitivityTable) else io.load_table(Path(table))
+    if isinstance(table, SensitivityTable):
+        return table
+    if not isinstance(table, str | os.PathLike):
+        raise InputError(f"table = {shown(table)}: give a SensitivityTable or a file path")
+    return io.load_table(Path(table))
 
 
 def as_constraints(constraints: ConstraintsLike) -> Constraints:
     if isinstance(constraints, Constraints):
         return constraints
+    if not isinstance(constraints, str | os.PathLike):
+        raise InputError(f"constraints = {shown(constraints)}: give Constraints or a file path")
     return io.load_constraints(Path(constraints))
+
+
+def check_solver_args(solver: object, time_limit: object, mip_gap: object) -> None:
+    """InputError for a solver name that is not a string, a time limit that is not a positive
+    finite number of seconds, or a gap outside [0, 1)."""
+    if not isinstance(solver, str) or not solver or len(solver) > 100:
+        raise InputError(f"solver = {shown(solver)}: give a backend name such as 'ilp', or 'auto'")
+    if time_limit is not None and (
+        isinstance(time_limit, bool)
+        or not isinstance(time_limit, numbers.Real)
+        or not math.isfinite(time_limit)
+        or not 0 < time_limit <= 1e7
+    ):
+        raise InputError(
+            f"time_limit = {shown(time_limit)}: give seconds as a positive number (e.g. 60) or None"
+        )
+    if (
+        isinstance(mip_gap, bool)
+        or not isinstance(mip_gap, numbers.Real)
+        or not math.isfinite(mip_gap)
+        or not 0 <= mip_gap < 1
+    ):
+        raise InputError(
+            f"mip_gap = {shown(mip_gap)}: give a relative gap in [0, 1), e.g. 0 or 0.01"
+        )
 
 
 def versions() -> dict[str, str]:
@@ -129,6 +163,7 @@ def solve(
     UnsupportedError (the solver cannot handle a constraint) or PlanCheckError.
     """
     started = time.perf_counter()
+    check_solver_args(solver, time_limit, mip_gap)
     table, constraints = as_table(table), as_constraints(constraints)
     reduction = reduce(table, constraints)
     problem = reduction.problem

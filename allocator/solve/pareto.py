@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import numbers
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from allocator.errors import InfeasibleError
+from allocator.errors import InfeasibleError, InputError
+from allocator.patterns import shown
 from allocator.schema.constraints import Budget
 from allocator.schema.plan import Plan
-from allocator.solve.api import ConstraintsLike, TableLike, as_constraints, as_table, solve
+from allocator.solve.api import (
+    ConstraintsLike,
+    TableLike,
+    as_constraints,
+    as_table,
+    check_solver_args,
+    solve,
+)
 
 DEFAULT_BUDGETS = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
 
@@ -64,6 +73,22 @@ def _point(budget: float, plan: Plan) -> ParetoPoint:
     )
 
 
+def check_budgets(budgets: object) -> set[float]:
+    """The distinct average-bit budgets, each a finite positive number; an InputError else."""
+    if isinstance(budgets, str | bytes) or not hasattr(budgets, "__iter__"):
+        raise InputError(f"budgets = {shown(budgets)}: give a list of average bits, e.g. [3, 4]")
+    values = set()
+    for b in budgets:  # type: ignore[attr-defined]
+        if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 < b <= 1e6:
+            raise InputError(
+                f"budgets: {shown(b)} is not a positive finite number of average bits, e.g. 3.5"
+            )
+        values.add(float(b))
+    if not values:
+        raise InputError("budgets: the list is empty; give average bits, e.g. 2.5,3,3.5,4")
+    return values
+
+
 def sweep(
     table: TableLike,
     constraints: ConstraintsLike,
@@ -76,10 +101,11 @@ def sweep(
     """Solve at each average-bits budget (ascending); loss is non-increasing along the result."""
     from tqdm import tqdm
 
+    check_solver_args(solver, time_limit, mip_gap)
+    ordered = sorted(check_budgets(budgets))
     table, constraints = as_table(table), as_constraints(constraints)
     points: list[ParetoPoint] = []
     best: Plan | None = None
-    ordered = sorted({float(b) for b in budgets})
     for budget in tqdm(ordered, desc="pareto", unit="budget", disable=not progress):
         at_budget = constraints.model_copy(update={"budget": Budget(avg_bits=budget)})
         try:
