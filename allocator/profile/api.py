@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from allocator.errors import InputError, UnsupportedError
-from allocator.models.blocks import check_replay
+from allocator.models.adapters import prepare_model
+from allocator.models.blocks import check_replay, find_backbone
 from allocator.models.corpus import default_calibration_text, read_texts
-from allocator.models.loader import LoadedModel, load_model
+from allocator.models.loader import LoadedModel, load_model, model_task
 from allocator.models.units import find_units
 from allocator.models.windows import token_windows
 from allocator.profile.context import ProfileContext
@@ -30,6 +31,8 @@ from allocator.schema.table import Provenance, SensitivityTable
 from allocator.schema.unit import Unit
 
 Data = str | list[str] | list[os.PathLike[str]] | torch.Tensor | None
+# estimators that read next-token losses or logits: refused for encoders before any work
+CAUSAL_LM_ESTIMATORS = ("kl", "hessian_kl", "hutchinson", "zo")
 
 
 def _resolve_model(model: Any, device: str) -> LoadedModel:
@@ -38,15 +41,21 @@ def _resolve_model(model: Any, device: str) -> LoadedModel:
             f"--device {device}: no CUDA GPU is available here; use --device cpu"
         )
     if isinstance(model, LoadedModel):
+        prepare_model(model.model)
         return model
     if isinstance(model, nn.Module):
+        prepare_model(model)  # in place: Conv1D and fused experts become nn.Linear
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items())[:8]:
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
         model.eval().to(device)
         return LoadedModel(
-            model=model, tokenizer=None, source=type(model).__name__, model_hash=digest.hexdigest()
+            model=model,
+            tokenizer=None,
+            source=type(model).__name__,
+            model_hash=digest.hexdigest(),
+            task=model_task(model),
         )
     return load_model(model, device=device)
 
@@ -106,12 +115,15 @@ def profile(
     resume: bool = False,
     settings: dict[str, Any] | None = None,
     bos: bool | None = None,
+    calibrate_options: bool = False,
 ) -> SensitivityTable:
     """Profile a model (name, path, LoadedModel or nn.Module) and return its SensitivityTable.
 
     ``data``: text, a list of text files, token windows (n, L), or None for the Jane Austen
     calibration novels. ``windows``/``seq_len`` default to the estimator's budget; ``bos``: start
-    every window with BOS (default: when the tokenizer adds it). Journaled
+    every window with BOS (default: when the tokenizer adds it). ``calibrate_options`` corrects
+    each option's losses by measured single-unit KL on a few sample units
+    (``allocator.profile.option_calibration``). Journaled
     estimators (kl, hessian_kl, block_error) persist each unit to ``journal`` and skip the units
     already there when ``resume`` is true.
     """
@@ -119,9 +131,21 @@ def profile(
     spec = ESTIMATORS.get(estimator)
     option_list = parse_options(options)
     loaded = _resolve_model(model, device)
+    if loaded.task != "causal_lm" and estimator in CAUSAL_LM_ESTIMATORS:
+        usable = sorted(set(ESTIMATORS.names()) - set(CAUSAL_LM_ESTIMATORS))
+        raise UnsupportedError(
+            f"estimator {estimator!r} needs a causal-LM head (next-token loss or logits); "
+            f"model {loaded.source} ({type(loaded.model).__name__}) is an encoder/embedding "
+            f"model without one; use one of: {', '.join(usable)}"
+        )
     unit_list = units if units is not None else find_units(loaded.model)
     if not unit_list:
-        raise InputError(f"model {loaded.source}: no linear layers inside blocks to profile")
+        blocks = find_backbone(loaded.model)
+        kinds = sorted({type(m).__name__ for m in blocks.layers[0].modules()})
+        raise UnsupportedError(
+            f"model {loaded.source}: its blocks ({blocks.prefix}) hold no nn.Linear, Conv1D or "
+            f"fused-expert layers to profile (block 0 holds: {', '.join(kinds)})"
+        )
     check_options(option_list, unit_list)
     n = windows or spec.windows
     length = seq_len or spec.seq_len
@@ -141,6 +165,8 @@ def profile(
         "compressor": "allocator.quant.compress (rtn: vectorized equivalent)",
         **{k: v for k, v in extra.items() if k != "imatrix"},
     }
+    if calibrate_options:
+        record["calibrate_options"] = True
     if "imatrix" in extra:
         record["imatrix"] = True
     digest = settings_hash({**record, "model_hash": loaded.model_hash})
@@ -167,6 +193,12 @@ def profile(
 
         scores = result
         result = scores_to_losses(ctx, scores)
+    if calibrate_options:
+        from allocator.profile.option_calibration import calibrate_options as correct
+
+        with torch.inference_mode(False):
+            result, report = correct(ctx, result)
+        record["option_calibration"] = report
     record["seconds"] = round(time.perf_counter() - start, 2)
     provenance = Provenance(
         estimator=estimator,

@@ -8,6 +8,10 @@ block's linear layers accumulate, per distinct input tensor (q/k/v and gate/up s
 - ``act_sq = diag(H)``: per-column mean square of the inputs (Wanda, imatrix);
 - the mean L2 norm of an input row.
 
+MoE experts see only the tokens routed to them; their H is divided by all the block's tokens
+(``ActStats.per_tokens``) and an expert no calibration token reached gets an empty H (its
+measured losses are 0; GPTQ treats an all-zero H as no evidence and rounds to nearest).
+
 Every block is replayed with the arguments the model's own forward gives it
 (``allocator.models.blocks``).
 """
@@ -31,6 +35,7 @@ from allocator.models.blocks import (
     record_block_calls,
     run_block,
 )
+from allocator.models.units import is_expert
 
 __all__ = [
     "ActStats",
@@ -117,6 +122,11 @@ def capture_stats(
             finally:
                 for handle in hooks:
                     handle.remove()
+        block_tokens = inputs.n_tokens
+        for name, module in linears.items():
+            stat = stats.setdefault(name, ActStats(module.in_features))  # unrouted experts: 0
+            if is_expert(name) and stat.n_tokens < block_tokens:
+                stat.per_tokens = block_tokens  # error per model token (see ActStats)
         outputs = BlockInputs(hidden=outs, calls=inputs.calls, layer=index + 1)
         lim[index] = _cosine_gap(inputs, outputs)
         inputs = outputs

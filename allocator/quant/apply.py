@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from allocator.errors import InputError, PlanCheckError
+from allocator.models.adapters import prepare_model
 from allocator.models.units import find_units
 from allocator.quant.compress import HESSIAN_METHODS, check_option, compress
 from allocator.quant.quant_linear import QuantLinear
@@ -149,6 +150,7 @@ def _apply_blockwise(
     progress: bool,
 ) -> set[str]:
     """Sequential block-by-block compression; returns the names it handled."""
+    from allocator.models.actstats import ActStats
     from allocator.models.blocks import (
         check_replay,
         find_backbone,
@@ -178,6 +180,8 @@ def _apply_blockwise(
                         handle.remove()
         for name in linears:
             stat = stats.get(name)
+            if stat is None and _needs(options[name])[0]:  # an expert no token was routed to
+                stat = ActStats(linears[name].in_features)  # empty H: GPTQ rounds to nearest
             hessian = None if stat is None else stat.hessian.float()
             act_sq = None if stat is None else stat.act_sq.float()
             compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
@@ -205,6 +209,7 @@ def apply_plan(
     ``method`` (rtn, gptq, sparsegpt, wanda, magnitude) overrides every option's method.
     ``calib_windows`` (n, L) token ids are required when a method needs the input Hessian.
     """
+    prepare_model(model)  # GPT-2 Conv1D and fused MoE experts become nn.Linear (same function)
     options = plan_options(model, plan, method=method)
     needs_h = [n for n, o in options.items() if _needs(o)[0]]
     if needs_h and calib_windows is None:

@@ -160,6 +160,9 @@ def save_checkpoint(
             "aliases": aliases,
             "sizes": asdict(sizes),
             "plan_hash": plan.content_hash(),
+            "model_class": type(model).__name__,
+            # the config alone may build more (BertModel(add_pooling_layer=False) has no pooler)
+            "children": [k for k, v in model._modules.items() if v is not None],
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         config = getattr(model, "config", None)
@@ -221,11 +224,26 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _build_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The saved model's class built from its config (Auto class by the config when the class
+    was not recorded), optional submodules it lacked removed, prepared as ``apply`` saw it."""
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from allocator.models.adapters import prepare_model
+    from allocator.models.loader import is_encoder_config
 
     config = AutoConfig.from_pretrained(folder)
     dtype = getattr(torch, meta.get("dtype", "float32"))
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model_class = getattr(transformers, meta.get("model_class") or "", None)
+    if model_class is not None and hasattr(model_class, "_from_config"):
+        model = model_class._from_config(config, dtype=dtype)
+    else:
+        auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
+        model = auto.from_config(config, dtype=dtype)
+    if "children" in meta:
+        for child in [k for k in model._modules if k not in meta["children"]]:
+            setattr(model, child, None)
+    prepare_model(model)
     for name, layout in meta["units"].items():
         if layout.get("fp16"):
             continue
@@ -268,8 +286,14 @@ def load_checkpoint(folder: str | os.PathLike[str], *, device: str = "cpu") -> L
     tokenizer = None
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
+    from allocator.models.loader import model_task
+
     return LoadedModel(
-        model=model, tokenizer=tokenizer, source=str(path), model_hash=_sha256(path / PACKED_FILE)
+        model=model,
+        tokenizer=tokenizer,
+        source=str(path),
+        model_hash=_sha256(path / PACKED_FILE),
+        task=model_task(model),
     )
 
 

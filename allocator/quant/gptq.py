@@ -84,12 +84,17 @@ def inverse_cholesky(hessian: torch.Tensor, percdamp: float = 0.01) -> torch.Ten
 def prepare_hessian(
     weight: torch.Tensor, hessian: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies of W (fp32) and H with dead inputs (diag H == 0) set to H=1, W=0."""
+    """Copies of W (fp32) and H with dead inputs (diag H == 0) set to H=1, W=0.
+
+    An all-zero H (the layer saw no input) becomes the identity: GPTQ then rounds to nearest.
+    """
     w = weight.detach().float().clone()
     h = hessian.detach().float().clone()
     if h.shape != (w.shape[1], w.shape[1]):
         raise ValueError(f"H has shape {tuple(h.shape)}, expected {(w.shape[1], w.shape[1])}")
     dead = torch.diag(h) == 0
+    if bool(dead.all()):  # no input reached the layer (an MoE expert no token was routed to):
+        return w, torch.eye(h.shape[0])  # no evidence, round to nearest instead of zeroing W
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     return w, h

@@ -3,7 +3,9 @@
 ``fisher``: F = mean over windows of g_w^2, with g_w the gradient of window w's mean next-token
 cross-entropy w.r.t. each unit weight (batch of one window, as ModelOpt's auto_quantize scores
 per batch); loss = 1/2 sum F * dW^2, a diagonal second-order Taylor estimate of the calibration
-loss increase.
+loss increase. Encoders and embedding models (no LM head) use the gradient of a random
+projection of the pooled, normalized embedding instead: the Gauss-Newton diagonal of
+1 - cos(embedding, original embedding) (``projection_objective``).
 
 ``hutchinson``: tr(H_l) of the loss Hessian block of each unit by Hutchinson's estimator,
 mean over Rademacher probes v of v^T (H v), with H v from a double backward pass; loss =
@@ -43,10 +45,61 @@ def _grads_on(ctx: Any) -> Iterator[dict[str, torch.nn.Parameter]]:
             p.grad = None
 
 
-def _window_loss(ctx: Any, ids: torch.Tensor) -> torch.Tensor:
+def is_embedding_model(model: Any) -> bool:
+    """No LM head: an encoder or embedding model, profiled through its pooled embedding."""
+    from allocator.models.loader import model_task
+
+    return model_task(model) == "embedding"
+
+
+def pooled_embedding(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the tokens a mask keeps (all when None) of hidden (B, L, d), L2-normalized."""
+    if mask is None:
+        pooled = hidden.mean(dim=1)
+    else:
+        m = mask.to(hidden.dtype)[..., None]
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def projection_objective(embedding: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``sum_w r_w . e_w`` with r_w ~ N(0, I) drawn per window (the encoders' Fisher objective).
+
+    For the unit-norm pooled embedding e(W), ``1 - cos(e(W + dW), e(W)) = 1/2 ||e(W+dW) -
+    e(W)||^2 ~ 1/2 dW^T J^T J dW`` (Gauss-Newton, J = de/dW). The gradient of ``r . e`` is
+    ``J^T r`` and ``E_r[(J^T r)^2] = diag(J^T J)``, so the squared gradients of this objective
+    are an unbiased estimate of the Gauss-Newton diagonal: it is the Fisher of a Gaussian
+    observation model of the embedding with sampled targets, exactly as the causal-LM Fisher
+    samples labels. With it, ``1/2 sum F dW^2`` predicts the mean ``1 - cos`` of a window's
+    embedding. (The gradient of 1 - cos itself is zero at dW = 0 and carries no information.)
+    """
+    r = torch.randn(embedding.shape, generator=generator).to(embedding)
+    return (r * embedding).sum()
+
+
+def _window_loss(
+    ctx: Any,
+    ids: torch.Tensor,
+    *,
+    inputs_embeds: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The objective whose gradients the Fisher estimators square.
+
+    Causal LMs: mean next-token cross-entropy of the window. Embedding models (no LM head):
+    ``projection_objective`` of the mean-pooled, normalized last hidden state.
+    """
     device = next(ctx.model.parameters()).device
     ids = ids.to(device)
-    return ctx.model(input_ids=ids, labels=ids, use_cache=False).loss
+    inputs: dict[str, Any] = (
+        {"input_ids": ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+    )
+    if not is_embedding_model(ctx.model):
+        return ctx.model(**inputs, labels=ids, use_cache=False).loss
+    if generator is None:
+        generator = torch.Generator().manual_seed(ctx.seed)
+    hidden = ctx.model(**inputs).last_hidden_state
+    return projection_objective(pooled_embedding(hidden.float()), generator)
 
 
 def _weighted_rows(
@@ -67,23 +120,30 @@ def _weighted_rows(
 
 
 def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    """Empirical Fisher diagonal; embedding models average ``probes`` random projections
+    (setting, default 4) per window, so their losses predict the mean 1 - cos of a window's
+    pooled embedding (see ``projection_objective``)."""
     if ctx.needs_stats():
         ctx.capture()
+    embedding = is_embedding_model(ctx.model)
+    probes = int(ctx.settings.get("probes", 4)) if embedding else 1
+    generator = torch.Generator().manual_seed(ctx.seed)
     with _grads_on(ctx) as weights:
         fisher = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
         windows = ctx.input_ids
         for ids in tqdm(windows, desc="fisher", unit="window", disable=not ctx.progress):
-            ctx.model.zero_grad(set_to_none=True)
-            _window_loss(ctx, ids[None]).backward()
-            for name, w in weights.items():
-                fisher[name] += w.grad.detach().float().square()
+            for _ in range(probes):
+                ctx.model.zero_grad(set_to_none=True)
+                _window_loss(ctx, ids[None], generator=generator).backward()
+                for name, w in weights.items():
+                    fisher[name] += w.grad.detach().float().square()
         for f in fisher.values():
-            f /= len(windows)
+            f /= len(windows) * probes
     return _weighted_rows(ctx, fisher)
 
 
 def hutchinson_traces(ctx: Any) -> dict[str, float]:
-    """Mean diagonal of each unit's loss-Hessian block, tr(H_l) / n_l."""
+    """Mean diagonal of each unit's loss-Hessian block, tr(H_l) / n_l (causal LMs only)."""
     probes = int(ctx.settings.get("probes", 4))
     generator = torch.Generator().manual_seed(ctx.seed)
     # the fused CPU attention kernel has no double backward; the math kernel has

@@ -9,7 +9,8 @@ gradients and inputs as independent across tokens (K-FAC) gives
 i.e. the ``hessian`` proxy weighted per output row by how strongly that row's error reaches the
 loss. Its diagonal (``H`` replaced by ``diag(H)``) is the ``fisher`` estimator, so the two share
 one scale. Keeping ``H`` whole matters for GPTQ options (``method=gptq``): GPTQ pushes the error
-into directions of small ``H``, which a diagonal weighting cannot see.
+into directions of small ``H``, which a diagonal weighting cannot see. Embedding models use the
+``fisher`` estimator's random-projection objective of the pooled embedding for ``g``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from allocator.profile.estimators import Estimator, register
+from allocator.profile.estimators.fisher import _window_loss, is_embedding_model
 
 
 def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
@@ -44,19 +46,22 @@ def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
         handles.append(ctx.module(unit).register_forward_hook(watch(unit.name)))
     device = next(ctx.model.parameters()).device
     windows = ctx.input_ids
+    embedding = is_embedding_model(ctx.model)
+    probes = int(ctx.settings.get("probes", 4)) if embedding else 1
+    generator = torch.Generator().manual_seed(ctx.seed)
     try:
         with torch.enable_grad():
             for ids in tqdm(windows, desc="kfac", unit="window", disable=not ctx.progress):
                 ids = ids[None].to(device)
-                embeds = ctx.model.get_input_embeddings()(ids).detach().requires_grad_(True)
-                loss = ctx.model(inputs_embeds=embeds, labels=ids, use_cache=False).loss
-                loss.backward()
+                for _ in range(probes):
+                    embeds = ctx.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+                    _window_loss(ctx, ids, inputs_embeds=embeds, generator=generator).backward()
     finally:
         for handle in handles:
             handle.remove()
         for name, p in ctx.model.named_parameters():
             p.requires_grad_(flags[name])
-    return {name: e / len(windows) for name, e in energy.items()}
+    return {name: e / (len(windows) * probes) for name, e in energy.items()}
 
 
 @torch.no_grad()
