@@ -58,6 +58,7 @@ class RunSettings(BaseModel):
     calib_text: list[str] | None = None
     eval_text: list[str] | None = None
     compare_uniform: bool = True
+    calibrate_options: bool = True
     validate_plan: bool = True
     validate_windows: int = Field(default=8, ge=1)
     bos: bool | None = None
@@ -152,7 +153,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
     s = job.settings
     key = _hash(
         "profile", s.model, s.estimator, s.options, s.profile_windows, s.profile_seq_len,
-        s.seed, s.bos, job.data_hash("calib"),
+        s.seed, s.bos, s.calibrate_options, job.data_hash("calib"),
     )  # fmt: skip
     if stages.done("profile", key, "table.json"):
         job.log("profile: table.json is up to date, skipped")
@@ -166,6 +167,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         s.estimator,
         s.options,
         bos=s.bos,
+        calibrate_options=s.calibrate_options,
         windows=s.profile_windows,
         seq_len=s.profile_seq_len,
         seed=s.seed,

@@ -134,12 +134,16 @@ def _settings(tiny: dict[str, Path], **overrides: object) -> RunSettings:
 def test_run_writes_every_output_and_fits_the_budget(tiny_model, tmp_path: Path) -> None:
     out = tmp_path / "run"
     results = run(_settings(tiny_model), out, progress=False, log=lambda _m: None)
-    for name in ("table.json", "plan.json", "results.json", "results.md", "state.json"):
+    for name in ("table.json", "plan.json", "solved_plan.json", "validation.json", "results.json",
+                 "results.md", "state.json"):  # fmt: skip
         assert (out / name).is_file(), name
     plan = json.loads((out / "plan.json").read_text())
     assert plan["avg_bits"] <= 3.5 + 1e-9
     methods = [r["method"] for r in results["rows"]]
     assert methods[0] == "unmodified" and methods[1].startswith("plan")
+    assert results["validation"]["chosen"] in ("plan", "uniform")
+    assert set(results["validation"]["measured_kl"]) == {"plan", "uniform"}
+    assert (out / "checkpoint").is_dir()
     assert methods[2].startswith("uniform")
     assert results["rows"][2]["avg_bits"] <= 3.5 + 1e-9
     for row in results["rows"]:
@@ -161,7 +165,7 @@ def test_rerun_resumes_and_a_new_budget_reuses_the_table(tiny_model, tmp_path: P
     lower = run(settings.model_copy(update={"budget": 3.0}), out, progress=False, log=logs.append)
     assert any("profile" in m and "skipped" in m for m in logs)
     assert not any("solve" in m and "skipped" in m for m in logs)
-    assert json.loads((out / "plan.json").read_text())["avg_bits"] <= 3.0 + 1e-9
+    assert json.loads((out / "solved_plan.json").read_text())["avg_bits"] <= 3.0 + 1e-9
     assert lower["budget"] == 3.0
 
 
@@ -217,5 +221,31 @@ def test_run_with_refinement_records_rounds(tiny_model, tmp_path: Path) -> None:
     first = summary["rounds"][0]
     assert first["measured"] >= 0 and len(first["group_measured"]) == len(first["scales"])
     assert summary["best_measured"] <= first["measured"]
-    plan = json.loads((out / "plan.json").read_text())
+    plan = json.loads((out / "solved_plan.json").read_text())
     assert plan["avg_bits"] <= 3.0 + 1e-9 and "refined" in plan["notes"]
+
+
+def test_plan_measured_worse_than_uniform_falls_back(
+    tiny_model, tmp_path: Path, monkeypatch
+) -> None:
+    """Validation on held-out calibration windows decides: a worse plan is replaced by uniform."""
+    import allocator.evaluate as evaluation
+
+    real = evaluation.evaluate_many
+
+    def rigged(models, windows, reference=None, **kwargs):
+        results = real(models, windows, reference, **kwargs)
+        if kwargs.get("desc") == "validate":
+            results["plan"].kl = results["uniform"].kl + 1.0
+        return results
+
+    monkeypatch.setattr(evaluation, "evaluate_many", rigged)
+    out = tmp_path / "fallback"
+    logs: list[str] = []
+    results = run(_settings(tiny_model), out, progress=False, log=logs.append)
+    assert results["chosen"] == "uniform"
+    assert any("falling back to uniform" in m for m in logs)
+    chosen = json.loads((out / "plan.json").read_text())
+    assert chosen["solver"] == "rule:uniform"
+    assert json.loads((out / "solved_plan.json").read_text())["solver"] != "rule:uniform"
+    assert "[chosen]" in results["rows"][2]["method"]

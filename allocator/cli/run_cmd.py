@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
             list[Path] | None, typer.Option(help="held-out evaluation text files")
         ] = None,
         compare_uniform: bool = typer.Option(True, help="also evaluate uniform at the same size"),
+        calibrate_options: bool = typer.Option(
+            True, help="correct each option's losses by measured KL on a few sample units"
+        ),
         validate: bool = typer.Option(
             True, help="measure plan vs uniform on held-out calibration windows; keep the better"
         ),
@@ -69,6 +72,7 @@ def register(app: typer.Typer) -> None:
             calib_text=[str(p) for p in calib_text] if calib_text else None,
             eval_text=[str(p) for p in eval_text] if eval_text else None,
             compare_uniform=compare_uniform,
+            calibrate_options=calibrate_options,
             validate_plan=validate,
             validate_windows=validate_windows,
             bos=bos,

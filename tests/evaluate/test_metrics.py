@@ -63,3 +63,32 @@ def test_cache_rejects_other_windows(tiny_llama, windows):
             mean_kl(tiny_llama, cache, windows.flip(0), progress=False)
     finally:
         cache.close()
+
+
+def test_evaluate_many_matches_one_by_one(tiny_llama, windows):
+    """Several candidates in one pass give the same numbers as separate passes."""
+    import copy
+
+    from allocator.evaluate import evaluate_many
+
+    other = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    together = evaluate_many(
+        {"a": other, "b": tiny_llama}, windows, tiny_llama, reference_name="ref",
+        batch_size=2, progress=False,
+    )  # fmt: skip
+    alone = evaluate(other, windows, tiny_llama, batch_size=3, progress=False)
+    assert together["a"].perplexity == pytest.approx(alone.perplexity, rel=1e-5)
+    assert together["a"].kl == pytest.approx(alone.kl, rel=1e-4)
+    assert together["b"].kl == pytest.approx(0.0, abs=1e-6)
+    assert together["ref"].perplexity == pytest.approx(together["b"].perplexity, rel=1e-6)
+
+
+def test_auto_batch_size_bounds_logit_memory(tiny_llama):
+    from allocator.evaluate import auto_batch_size
+
+    assert auto_batch_size(tiny_llama, 16) == 8
+    assert auto_batch_size(tiny_llama, 16, budget_bytes=4 * 16 * 96 * 3) == 3
+    assert auto_batch_size(tiny_llama, 10**6, budget_bytes=1) == 1

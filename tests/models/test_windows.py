@@ -1,0 +1,58 @@
+"""Token windows: BOS first when the tokenizer adds it, held-out windows disjoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allocator.errors import InputError
+from allocator.models.windows import adds_bos, token_windows
+
+
+class _Tokenizer:
+    """Whitespace tokenizer with an optional BOS added by default (like Gemma's)."""
+
+    def __init__(self, bos: int | None) -> None:
+        self.bos_token_id = bos
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        ids = [int(w) if w.isdigit() else 5 for w in text.split()]
+        if add_special_tokens and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+
+        class Out:
+            input_ids = torch.tensor([ids]) if return_tensors == "pt" else ids
+
+        return Out()
+
+
+TEXT = " ".join(str(10 + i) for i in range(200))
+
+
+def test_bos_detected_and_prepended() -> None:
+    tok = _Tokenizer(bos=1)
+    assert adds_bos(tok)
+    windows = token_windows(tok, TEXT, seq_len=8, n_windows=3, contiguous=True)
+    assert windows.shape == (3, 8)
+    assert (windows[:, 0] == 1).all()
+    assert windows[0, 1:].tolist() == list(range(10, 17))  # 7 text tokens follow BOS
+    assert windows[1, 1] == 17
+
+
+def test_no_bos_for_tokenizers_that_do_not_add_it_and_switches() -> None:
+    plain = _Tokenizer(bos=None)
+    assert not adds_bos(plain)
+    windows = token_windows(plain, TEXT, seq_len=8, n_windows=2, contiguous=True)
+    assert windows[0].tolist() == list(range(10, 18))
+    off = token_windows(_Tokenizer(bos=1), TEXT, seq_len=8, n_windows=2, contiguous=True, bos=False)
+    assert off[0].tolist() == list(range(10, 18))
+    with pytest.raises(InputError, match="BOS"):
+        token_windows(plain, TEXT, seq_len=8, n_windows=2, bos=True)
+
+
+def test_holdout_windows_are_disjoint_from_calibration() -> None:
+    tok = _Tokenizer(bos=None)
+    calib = token_windows(tok, TEXT, seq_len=8, n_windows=10, seed=3)
+    held = token_windows(tok, TEXT, seq_len=8, n_windows=10, seed=3, holdout=True)
+    starts = {int(w[0]) for w in calib}
+    assert starts.isdisjoint({int(w[0]) for w in held})
