@@ -33,6 +33,7 @@ def _cases() -> list[tuple]:
 CASES = _cases()
 EXACT = [n for n in BACKENDS.names() if BACKENDS.get(n).exact]
 HEURISTIC = [n for n in BACKENDS.names() if not BACKENDS.get(n).exact]
+NO_BOUND = {"pulp", "pulp_cbc"}
 
 
 def _expect(table, constraints):
@@ -69,8 +70,12 @@ def test_exact_backends_match_brute_force(name: str) -> None:
         assert math.isclose(plan.predicted_loss, best[0], rel_tol=1e-7, abs_tol=1e-9), (
             f"seed {seed}: {name} loss {plan.predicted_loss} != optimum {best[0]}"
         )
-        assert plan.status == "optimal"
-        assert plan.lower_bound is not None and plan.lower_bound <= best[0] * (1 + 1e-7) + 1e-9
+        if name in NO_BOUND:  # PuLP's CBC hands over no bound: the plan is honestly "feasible"
+            assert plan.status == "feasible" and plan.lower_bound is None, f"seed {seed}"
+        else:
+            assert plan.status == "optimal"
+            assert plan.lower_bound is not None
+            assert plan.lower_bound <= best[0] * (1 + 1e-7) + 1e-9
         solved += 1
     assert solved >= 5, f"{name} solved only {solved} cases; the test would prove little"
 

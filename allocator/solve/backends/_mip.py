@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from allocator.solve.problem import Problem, Solution
+from allocator.solve.problem import Problem, Solution, SolutionStatus
 
 # Right-hand-side margins tried in turn: a solver may return a point that meets a row only within
 # its feasibility tolerance; then the row is tightened by the next margin and solved again.
@@ -181,21 +181,48 @@ def build_mip(problem: Problem, rhs_safety: float = 0.0) -> MipModel:
 SOLVER_RTOL = 1e-6  # MIP solvers close gaps only to their own tolerances
 
 
-def proven_bound(objective: float, optimal: bool, mip_gap: float) -> float | None:
-    """Lower bound implied by a front-end that reports only "optimal within ``mip_gap``" (and
-    within the solver's tolerances, ``SOLVER_RTOL`` relative)."""
-    if not optimal:
+def received_bound(dual_bound: object, model: MipModel) -> float | None:
+    """The loss bound from a dual bound the solver reported on ``model``'s scaled objective,
+    less ``SOLVER_RTOL`` relative for the solver's own tolerances; None when the solver gave
+    none (or not a finite number)."""
+    try:
+        value = float(dual_bound)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return None
-    return objective - max(mip_gap, SOLVER_RTOL) * abs(objective)
+    if not np.isfinite(value):
+        return None
+    bound = value * model.objective_scale + model.objective_offset
+    return bound - SOLVER_RTOL * abs(bound)
+
+
+def certify(
+    objective: float, finished: bool, bound: float | None
+) -> tuple[SolutionStatus, float | None]:
+    """(status, lower bound) of an answer: ``optimal`` only when the solver says it finished
+    and handed over its dual bound; ``feasible`` when it finished without one (a claim we
+    cannot check, e.g. PuLP's CBC); ``time_limit`` when it stopped early."""
+    if bound is not None:
+        bound = min(bound, objective)
+    if not finished:
+        return "time_limit", bound
+    return ("optimal", bound) if bound is not None else ("feasible", None)
 
 
 def solve_with_margins(problem: Problem, attempt: Callable[[MipModel], Solution]) -> Solution:
-    """Run ``attempt`` on the MIP, tightening rows until its answer is exactly feasible."""
+    """Run ``attempt`` on the MIP, tightening rows until its answer is exactly feasible.
+
+    A bound from a tightened model bounds that restricted problem, not ``problem``: such an
+    answer keeps its plan but loses the bound (``optimal`` becomes ``feasible``)."""
     solution = attempt(build_mip(problem))
     for margin in RHS_MARGINS[1:]:
         if solution.status == "infeasible" or problem.is_feasible(solution.choice):
             return solution
         solution = attempt(build_mip(problem, rhs_safety=margin))
+        if solution.status != "infeasible":
+            solution.lower_bound = None
+            solution.info["tightened_rows"] = margin
+            if solution.status == "optimal":
+                solution.status = "feasible"
     return solution
 
 

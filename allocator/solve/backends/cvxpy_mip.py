@@ -19,7 +19,8 @@ from allocator.errors import UnsupportedError
 from allocator.solve.backends._mip import (
     MipModel,
     build_mip,
-    proven_bound,
+    certify,
+    received_bound,
     round_relaxed,
     solve_with_margins,
 )
@@ -100,15 +101,24 @@ class _CvxpyMip:
             return _no_solution(self.name, problem, prob.status)
         choice = model.choice(x.value, problem)
         objective, _, _ = problem.evaluate(choice)
-        optimal = prob.status == "optimal"
+        bound = received_bound(_dual_bound(prob), model)
+        status, lower_bound = certify(objective, prob.status == "optimal", bound)
         return Solution(
             choice=choice,
-            status="optimal" if optimal else "time_limit",
+            status=status,
             objective=objective,
-            lower_bound=proven_bound(objective, optimal, mip_gap),
+            lower_bound=lower_bound,
             solver=self.name,
-            info={"cvxpy_status": prob.status},
+            info={"cvxpy_status": prob.status, "bound_from_solver": bound is not None},
         )
+
+
+def _dual_bound(prob: Any) -> object:
+    """The MIP dual bound cvxpy passed through from HiGHS (a HighsInfo) or SciPy (a dict)."""
+    stats = getattr(getattr(prob, "solver_stats", None), "extra_stats", None)
+    if isinstance(stats, dict):
+        return stats.get("mip_dual_bound")
+    return getattr(stats, "mip_dual_bound", None)
 
 
 def _no_solution(name: str, problem: Problem, why: str) -> Solution:
