@@ -109,13 +109,86 @@ def jane_austen_novels() -> dict[str, str]:
     return parse_rdata(rdb.read_bytes())
 
 
+PYDOC_META = "python3-doc"
+PYDOC_CALIBRATION = ("tutorial", "howto")
+PYDOC_EVALUATION = ("faq", "reference")
+NAMED_TEXTS = {
+    "austen-calib": "Pride and Prejudice + Sense and Sensibility (Debian r-cran-janeaustenr)",
+    "austen-eval": "Persuasion (Debian r-cran-janeaustenr)",
+    "pydoc-calib": "Python docs: tutorial + howto (reStructuredText sources, Debian python3-doc)",
+    "pydoc-eval": "Python docs: faq + language reference (held out from pydoc-calib)",
+}
+
+
+def _python_doc_package() -> str:
+    """The versioned package behind Debian's python3-doc (e.g. python3.11-doc)."""
+    result = subprocess.run(
+        ["apt-cache", "depends", PYDOC_META], capture_output=True, text=True, check=False
+    )
+    for line in result.stdout.splitlines():
+        name = line.split(":", 1)[-1].strip()
+        if (
+            line.strip().startswith("Depends:")
+            and name.startswith("python3.")
+            and name.endswith("-doc")
+        ):
+            return name
+    raise UnsupportedError(
+        f"could not resolve {PYDOC_META} with apt-cache ({result.stderr.strip()[-200:]}); "
+        "run 'apt-get update' first, or pass your own text files"
+    )
+
+
+def python_docs() -> dict[str, str]:
+    """Python's documentation sources as {section folder: text}, fetched once into the cache."""
+    folder = cache_dir() / "pydoc"
+    if not (folder / "done").is_file():
+        package = _python_doc_package()
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                ["apt-get", "download", package], cwd=tmp, capture_output=True, check=False
+            )
+            debs = list(Path(tmp).glob("*.deb"))
+            if not debs:
+                raise UnsupportedError(
+                    f"could not download {package} with apt-get; run apt-get update"
+                )
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True)
+            sources = next((Path(tmp) / "x" / "usr/share/doc").glob("python3*/html/_sources"))
+            folder.mkdir(parents=True, exist_ok=True)
+            for section in (*PYDOC_CALIBRATION, *PYDOC_EVALUATION):
+                files = sorted((sources / section).glob("*.txt"))
+                text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+                (folder / f"{section}.txt").write_text(text, encoding="utf-8")
+            (folder / "done").write_text(package + "\n")
+    return {p.stem: p.read_text(encoding="utf-8") for p in folder.glob("*.txt")}
+
+
+def named_text(name: str) -> str:
+    """A built-in corpus by name (see NAMED_TEXTS)."""
+    if name == "austen-calib":
+        return default_calibration_text()
+    if name == "austen-eval":
+        return default_evaluation_text()
+    docs = python_docs()
+    sections = PYDOC_CALIBRATION if name == "pydoc-calib" else PYDOC_EVALUATION
+    return "\n\n".join(docs[s] for s in sections)
+
+
 def read_texts(paths: list[str | os.PathLike[str]]) -> str:
-    """Concatenate text files; a missing or empty file is an InputError naming it."""
+    """Concatenate text files (or built-in corpora named in NAMED_TEXTS); a missing or empty
+    file is an InputError naming it."""
     parts = []
     for path in paths:
+        if str(path) in NAMED_TEXTS and not Path(path).exists():
+            parts.append(named_text(str(path)))
+            continue
         p = Path(path)
         if not p.is_file():
-            raise InputError(f"--text {p}: no such file; check the path")
+            raise InputError(
+                f"--text {p}: no such file; check the path or name a built-in text "
+                f"({', '.join(NAMED_TEXTS)})"
+            )
         text = p.read_text(encoding="utf-8", errors="replace")
         if not text.strip():
             raise InputError(f"--text {p}: the file is empty; give a file with text")
