@@ -180,7 +180,9 @@ def parse_structured(text: str, suffix: str, source: str) -> Any:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            # libyaml: linear time and its own nesting limit (the pure-Python scanner takes
+            # seconds on a few thousand nested brackets)
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         elif suffix == ".toml":
             data = tomllib.loads(text)
         else:

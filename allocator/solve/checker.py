@@ -199,6 +199,7 @@ def check_plan(
     have just been through ``solve``)."""
     if validate:
         validate_inputs(table, constraints)
+    certificate = _check_certificate(plan, table, constraints)
     constraints = with_target(
         constraints, table, [a.unit for a in plan.assignments if a.unit in table.losses]
     )
@@ -208,7 +209,27 @@ def check_plan(
         + _check_rules(plan, constraints)
         + _check_ties(plan, table, constraints)
         + _check_totals(plan, table, constraints)
+        + certificate
     )
+
+
+def _check_certificate(plan: Plan, table: SensitivityTable, constraints: Constraints) -> list[str]:
+    """A lower bound (and the status and gap that rest on it) was proven for the table and
+    constraints the plan records by hash; against other ones it proves nothing."""
+    if plan.lower_bound is None and plan.status != "optimal":
+        return []
+    problems = []
+    for what, recorded, actual in (
+        ("constraints", plan.constraints_hash, constraints.content_hash()),
+        ("table", plan.table_hash, table.content_hash()),
+    ):
+        if recorded is not None and recorded != actual:
+            problems.append(
+                f"the plan's lower bound and status '{plan.status}' were proven for other "
+                f"{what} (hash {recorded[:12]}, these are {actual[:12]}); re-solve with these "
+                "or check against the ones it was solved with"
+            )
+    return problems
 
 
 def assert_plan_ok(

@@ -100,7 +100,7 @@ def test_not_utf8(tmp_path: Path) -> None:
     ],
 )
 def test_deep_nesting(tmp_path: Path, name: str, text: str) -> None:
-    with pytest.raises(InputError, match="nested"):
+    with pytest.raises(InputError, match="nest"):
         io.load_constraints(_write(tmp_path / name, text))
 
 
