@@ -105,6 +105,27 @@ def exact_names_regex(names: Iterable[str]) -> str:
     return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
 
 
+def exact_name_patterns(names: Iterable[str], max_chars: int | None = None) -> list[str]:
+    """Anchored patterns (``anchored(exact_names_regex(chunk))``) that together match exactly
+    ``names``, each at most ``max_chars`` long (default: the limit ``allocator.patterns`` puts on
+    a pattern), so rules for thousands of MoE experts stay within it."""
+    from allocator.patterns import MAX_PATTERN_CHARS
+
+    limit = MAX_PATTERN_CHARS if max_chars is None else max_chars
+    ordered = sorted(set(names))
+    out: list[str] = []
+    start = 0
+    while start < len(ordered):
+        size = len(ordered) - start
+        pattern = anchored(exact_names_regex(ordered[start : start + size]))
+        while len(pattern) > limit and size > 1:
+            size = max(1, size // 2)
+            pattern = anchored(exact_names_regex(ordered[start : start + size]))
+        out.append(pattern)
+        start += size
+    return out
+
+
 def anchored(regex: str) -> str:
     """``^regex$`` so that re.match and re.search both accept only whole names."""
     return f"^{regex}$"

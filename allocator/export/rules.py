@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocator.errors import UnsupportedError
-from allocator.export.names import anchored, exact_names_regex
+from allocator.export.names import exact_name_patterns
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
 from allocator.schema.unit import Unit
@@ -294,8 +294,8 @@ def constraints_for_target(
     unit_rules = []
     misaligned = [u.name for u in shaped if u.shape[1] % 256]
     if rules.name == "llamacpp" and misaligned:
-        pattern = anchored(exact_names_regex(misaligned))
-        unit_rules.append({"pattern": pattern, "allow": {"bits": [4, 5, 8, 16]}})
+        for pattern in exact_name_patterns(misaligned):
+            unit_rules.append({"pattern": pattern, "allow": {"bits": [4, 5, 8, 16]}})
     if rules.group_divides and shaped:
         unit_rules.extend(_group_rules(rules, shaped, options_list))
     if unit_rules:
@@ -322,8 +322,8 @@ def _group_rules(
     for inputs, names in sorted(by_inputs.items()):
         keep = sorted((g for g in candidates if g is None or inputs % g == 0), key=lambda g: g or 0)
         if len(keep) < len(candidates):
-            pattern = anchored(exact_names_regex(names))
-            out.append({"pattern": pattern, "allow": {"group_size": keep}})
+            for pattern in exact_name_patterns(names):
+                out.append({"pattern": pattern, "allow": {"group_size": keep}})
     return out
 
 

@@ -285,3 +285,21 @@ def test_a_temp_file_in_use_is_kept(tmp_path: Path) -> None:
         assert busy.exists()
     finally:
         os.close(fd)
+
+
+def test_target_rules_for_thousands_of_experts_stay_under_the_pattern_limit() -> None:
+    from allocator.export.names import exact_name_patterns
+    from allocator.patterns import MAX_PATTERN_CHARS, compile_pattern
+
+    kinds = ("gate_proj", "up_proj", "down_proj")
+    names = [
+        f"model.layers.{i}.mlp.experts.{e}.{k}"
+        for i in range(48)
+        for e in range(128)
+        for k in kinds
+    ]
+    patterns = exact_name_patterns(names)
+    assert len(patterns) > 1 and all(len(p) <= MAX_PATTERN_CHARS for p in patterns)
+    regexes = [compile_pattern(p) for p in patterns]
+    assert all(any(r.search(n) for r in regexes) for n in names[::37])
+    assert not any(r.search("model.layers.48.mlp.experts.0.up_proj") for r in regexes)
