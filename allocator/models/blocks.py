@@ -130,6 +130,25 @@ class _Stop(Exception):
     pass
 
 
+def _token_forward(model: nn.Module, **kwargs: Any) -> Any:
+    """``model(**kwargs)``; a forward that takes no token ids is refused with a clear message."""
+    main_input = getattr(model, "main_input_name", "input_ids")
+    if main_input != "input_ids":
+        raise UnsupportedError(
+            f"{type(model).__name__}: its input is {main_input!r}, not token ids; allocator "
+            "handles text models (causal LMs and text encoders)"
+        )
+    try:
+        return model(**kwargs)
+    except TypeError as exc:  # e.g. a vision or audio model: no input_ids
+        if "input_ids" not in str(exc) and "use_cache" not in str(exc):
+            raise
+        raise UnsupportedError(
+            f"{type(model).__name__}: its forward does not take token ids ({exc}); allocator "
+            "handles text models (causal LMs and text encoders)"
+        ) from None
+
+
 _HIDDEN_KEYS = ("hidden_states", "hidden_state", "x")
 
 
@@ -192,7 +211,7 @@ def record_block_calls(
         for start in range(0, input_ids.shape[0], batch_size):
             batch = input_ids[start : start + batch_size].to(device)
             with contextlib.suppress(_Stop):
-                backbone.model(input_ids=batch, use_cache=False, **model_kwargs)
+                _token_forward(backbone.model, input_ids=batch, use_cache=False, **model_kwargs)
             if len(hidden0) != len(calls[-1]):
                 raise UnsupportedError(
                     f"{type(backbone.model).__name__}: its forward did not call every block in "
@@ -220,7 +239,7 @@ def replay_gap(model: nn.Module, input_ids: torch.Tensor) -> tuple[float, int | 
     backbone = find_backbone(model)
     device = next(model.parameters()).device
     ids = input_ids.to(device)
-    out = model(input_ids=ids, use_cache=False, output_hidden_states=True)
+    out = _token_forward(model, input_ids=ids, use_cache=False, output_hidden_states=True)
     reference = list(out.hidden_states)
     inputs = record_block_calls(backbone, input_ids, input_ids.shape[0])
     worst, first_bad = 0.0, None

@@ -200,7 +200,8 @@ def _from_pretrained(folder: Path, dtype: Any) -> Any:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError) as exc:
         raise UnsupportedError(
-            f"--model {folder}: transformers cannot read its config.json ({exc}); "
+            f"--model {folder}: transformers cannot read its config.json "
+            f"({str(exc).split('. ')[0].strip()}); "
             "the architecture is not supported by the installed transformers"
         ) from None
     auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM

@@ -114,6 +114,32 @@ def find_units(
     return units
 
 
+def unhandled_weights(model: nn.Module) -> list[str]:
+    """Matrices in the first block that are neither units nor routers, with their module type.
+
+    A model whose blocks hold such weights (a custom projection type, a quantized layer from
+    another library, a convolution) would be only partly quantized: callers warn about them.
+    """
+    from allocator.models.blocks import find_backbone
+
+    backbone = find_backbone(model)
+    block = backbone.layers[0]
+    owners = {
+        rel.rsplit(".", 2)[0] if ".experts." in f".{rel}" else rel
+        for rel, _s, _m in block_units(block)
+    }
+    found = []
+    for name, param in block.named_parameters():
+        owner = name.rpartition(".")[0]
+        if param.dim() < 2 or owner in owners or is_router(owner):
+            continue
+        if any(owner == o or owner.startswith(o + ".") for o in owners):
+            continue
+        module = block.get_submodule(owner) if owner else block
+        found.append(f"{backbone.prefix}.0.{name} {tuple(param.shape)} ({type(module).__name__})")
+    return found
+
+
 def _unit(name: str, shape: tuple[int, ...], kind: str, layer: int | None) -> Unit:
     return Unit(
         name=name,
@@ -137,4 +163,5 @@ __all__ = [
     "is_expert",
     "is_router",
     "layer_index",
+    "unhandled_weights",
 ]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from allocator.models.adapters import prepare_model
 from allocator.models.blocks import check_replay, find_backbone
 from allocator.models.corpus import default_calibration_text, read_texts
 from allocator.models.loader import LoadedModel, load_model, model_task
-from allocator.models.units import find_units
+from allocator.models.units import find_units, unhandled_weights
 from allocator.models.windows import token_windows
 from allocator.profile.context import ProfileContext
 from allocator.profile.estimators import ESTIMATORS, load_all
@@ -146,6 +147,14 @@ def profile(
             f"model {loaded.source}: its blocks ({blocks.prefix}) hold no nn.Linear, Conv1D or "
             f"fused-expert layers to profile (block 0 holds: {', '.join(kinds)})"
         )
+    if units is None:
+        unhandled = unhandled_weights(loaded.model)
+        if unhandled:
+            warnings.warn(
+                f"model {loaded.source}: {len(unhandled)} weight matrices per block are not "
+                f"quantizable units and stay in full precision: {'; '.join(unhandled[:4])}",
+                stacklevel=2,
+            )
     check_options(option_list, unit_list)
     n = windows or spec.windows
     length = seq_len or spec.seq_len

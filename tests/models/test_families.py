@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from allocator.errors import UnsupportedError
 from allocator.export import export_plan
 from allocator.models.adapters import needs_preparing, prepare_model
-from allocator.models.units import find_units
+from allocator.models.units import find_units, unhandled_weights
 from allocator.profile.api import profile
 from allocator.quant.apply import apply_plan
 from allocator.quant.checkpoint import load_checkpoint, save_checkpoint
@@ -120,6 +121,7 @@ def test_units(family: str) -> None:
     assert len(units) == 4 * len(block0)
     assert not any(u.name.endswith((".gate", "router")) for u in units)  # MoE routers stay fp
     before = [u.model_dump() for u in units]
+    assert unhandled_weights(model) == []  # every matrix in a block is a unit or a router
     prepare_model(model)
     assert not needs_preparing(model)
     assert [u.model_dump() for u in find_units(model)] == before  # same names either way
@@ -204,3 +206,47 @@ def test_profile_solve_apply_reload_export(family: str, tmp_path: Path) -> None:
         assert torch.allclose(_outputs(loaded.model, ids), out, atol=1e-5)
     assert errors["gptq"] < errors["rtn"] < 1.0
     _export_matches(plan, tables["hessian"].units, compressed)
+
+
+def test_unsupported_expert_layout_names_what_was_found() -> None:
+    """Fused experts with biases and transposed weights (GPT-OSS style) are refused, named."""
+    model = tiny_model("mixtral")
+    experts = model.model.layers[1].mlp.experts
+    experts.has_bias = True
+    experts.is_transposed = True
+    with pytest.raises(
+        UnsupportedError, match=r"layers\.1\.mlp\.experts.*is_transposed=True.*has_bias"
+    ):
+        prepare_model(model)
+
+
+def test_unknown_architecture_fails_fast(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from allocator.models.loader import load_model
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_arch"}))
+    began = time.perf_counter()
+    with pytest.raises(UnsupportedError, match=r"no_such_arch.*not supported"):
+        load_model(tmp_path)
+    assert time.perf_counter() - began < 10
+
+
+def test_non_text_model_refused_before_work() -> None:
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, image_size=8, patch_size=4)
+    )  # fmt: skip
+    with pytest.raises(UnsupportedError, match=r"pixel_values.*text models"):
+        profile(vit, tiny_ids(2, 8), "hessian", "b4-g32", progress=False)
+
+
+def test_partly_handled_blocks_warn() -> None:
+    """A block weight that is not a unit (here a bare 2-D parameter) is named in a warning."""
+    model = tiny_model("llama")
+    model.model.layers[0].mlp.extra = nn.Parameter(torch.zeros(4, 4))
+    with pytest.warns(UserWarning, match=r"mlp\.extra \(4, 4\)"):
+        profile(model, tiny_ids(2, 16), "hessian_diag", "b4-g32", progress=False)
