@@ -1,4 +1,5 @@
-"""A JSON-over-HTTP front for the solver, built on the standard library.
+"""The original stdlib JSON-over-HTTP front for the solver (kept as the benchmark baseline;
+``allocator serve --legacy``). The service proper is ``allocator.serve.app`` (FastAPI).
 
 Endpoints (all JSON):
 - ``GET /health`` -> ``{"status": "ok", "version": ...}``

@@ -13,7 +13,7 @@ import pytest
 
 from allocator.data.example import load_example
 from allocator.schema.constraints import Budget, Constraints
-from allocator.serve.app import make_server
+from allocator.serve.legacy import make_server
 
 
 @pytest.fixture(scope="module")

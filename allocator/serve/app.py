@@ -1,0 +1,72 @@
+"""The allocation service: a FastAPI app (``create_app``) served by uvicorn (``allocator serve``).
+
+- ``/v1/solve``, ``/v1/check``, ``/v1/pareto``: synchronous, CPU work on a process pool;
+- ``/v1/jobs``: long work (solve, pareto, profile, apply, eval, run, export) in worker processes,
+  persisted in SQLite under the data directory and resumed after a restart;
+- ``/v1/health``, ``/v1/ready``, ``/v1/solvers``, ``/v1/schema/{name}``, ``/metrics``;
+- ``/openapi.json`` and the interactive docs at ``/docs``.
+Module map: config (settings, keys), models (bodies), auth, limits, errors, compute (pool),
+store (SQLite), runner (scheduler), worker (one job), metrics, routes_sync, routes_jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from allocator import __version__
+from allocator.serve import errors
+from allocator.serve.compute import Pool
+from allocator.serve.config import ServeConfig
+from allocator.serve.limits import BodyLimit
+from allocator.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from allocator.serve.runner import JobManager
+from allocator.serve.store import JobStore
+
+
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    config = config or ServeConfig()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.root.mkdir(parents=True, exist_ok=True)
+    store = JobStore(config.data_dir / "jobs.sqlite3")
+    manager = JobManager(store, config.data_dir / "jobs", config.slots, run_jobs=config.run_jobs)
+    metrics = Metrics(store)
+    pool = Pool(config.workers)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        manager.start()
+        try:
+            yield
+        finally:
+            manager.stop()
+            pool.close()
+
+    app = FastAPI(
+        title="allocator",
+        version=__version__,
+        description="Optimization-based bit allocation as a service: solve, check and sweep "
+        "sensitivity tables; profile, apply, evaluate and export models as jobs.",
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.manager = manager
+    app.state.metrics = metrics
+    app.state.pool = pool
+    errors.install(app)
+
+    from allocator.serve import routes_jobs, routes_sync
+
+    app.include_router(routes_sync.router)
+    app.include_router(routes_jobs.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

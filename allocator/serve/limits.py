@@ -1,0 +1,51 @@
+"""Size limits: request bodies (checked from Content-Length and while streaming) and tables
+(units x options cells), each answered with 413 naming the limit and the option that sets it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from allocator.schema.table import SensitivityTable
+from allocator.serve.errors import TooLarge, error_response
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _refuse(self, size: int) -> Any:
+        exc = TooLarge("request body", size, self.max_bytes, "--max-body-bytes")
+        return error_response(exc.status, str(exc), **exc.extra)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(int(declared))(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    exc = TooLarge("request body", seen, self.max_bytes, "--max-body-bytes")
+                    raise HTTPException(413, str(exc))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def check_table(table: SensitivityTable, max_cells: int) -> None:
+    cells = len(table.units) * len(table.options)
+    if cells > max_cells:
+        raise TooLarge("table (units x options)", cells, max_cells, "--max-table-cells")
