@@ -25,13 +25,20 @@ def confine(value: str, root: Path, field: str, builtins: frozenset[str]) -> str
     candidate = Path(value)
     if not candidate.is_absolute():
         candidate = real_root / candidate
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(real_root):
+    try:
+        resolved = candidate.resolve()
+        inside = resolved.is_relative_to(real_root)
+        exists = resolved.exists()
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"settings.{field} = {value[:80]!r}: not a usable path ({exc.strerror})"
+        ) from exc
+    if not inside:
         raise InputError(
             f"settings.{field} = {value!r}: outside the data root; put it under the folder the "
             f"server was started with (--data-root) and give a path relative to it"
         )
-    if not resolved.exists():
+    if not exists:
         raise InputError(f"settings.{field} = {value!r}: no such file or folder in the data root")
     return str(resolved)
 
