@@ -250,3 +250,18 @@ def test_partly_handled_blocks_warn() -> None:
     model.model.layers[0].mlp.extra = nn.Parameter(torch.zeros(4, 4))
     with pytest.warns(UserWarning, match=r"mlp\.extra \(4, 4\)"):
         profile(model, tiny_ids(2, 16), "hessian_diag", "b4-g32", progress=False)
+
+
+def test_expert_hessians_count_every_token_of_the_block() -> None:
+    """Each token reaches top-k experts; an expert's H is per token of the block, not routed."""
+    from allocator.profile.capture import capture_stats
+
+    model = prepare_model(tiny_model("mixtral"))
+    ids = tiny_ids(4, 24)
+    capture = capture_stats(model, ids, progress=False)
+    routed = [capture.stats[f"model.layers.1.mlp.experts.{e}.down_proj"] for e in range(4)]
+    assert sum(s.n_tokens for s in routed) == 2 * ids.numel()  # num_experts_per_tok = 2
+    for stat in routed:
+        assert stat.per_tokens == ids.numel() and stat.divisor == ids.numel()
+    attention = capture.stats["model.layers.1.self_attn.q_proj"]
+    assert attention.per_tokens is None and attention.n_tokens == ids.numel()

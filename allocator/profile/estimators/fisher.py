@@ -5,7 +5,11 @@ cross-entropy w.r.t. each unit weight (batch of one window, as ModelOpt's auto_q
 per batch); loss = 1/2 sum F * dW^2, a diagonal second-order Taylor estimate of the calibration
 loss increase. Encoders and embedding models (no LM head) use the gradient of a random
 projection of the pooled, normalized embedding instead: the Gauss-Newton diagonal of
-1 - cos(embedding, original embedding) (``projection_objective``).
+1 - cos(embedding, original embedding) (``projection_objective``). Use it (not ``hessian`` or
+``kfac``) for encoders: a mean-pooled embedding averages out errors that are independent across
+tokens, which the per-token proxies count in full. On all-MiniLM-L6-v2 (RTN, 32 held-out
+passages, cosine vs the original) fisher plans scored 0.954 at 4.25 bits and 0.847 at 3.5,
+hessian plans 0.895 and 0.683, kfac 0.915 and 0.672, uniform b4-g128 (4.25 bits) 0.946.
 
 ``hutchinson``: tr(H_l) of the loss Hessian block of each unit by Hutchinson's estimator,
 mean over Rademacher probes v of v^T (H v), with H v from a double backward pass; loss =
