@@ -17,6 +17,11 @@ Two layouts in transformers models are not ``nn.Linear``:
 The replacements keep module paths (Conv1D) or add the expert index under the experts module,
 so ``find_units`` reports the same names before and after; it reads the layouts without
 changing the model. Checkpoints rebuild a model from its config and prepare it the same way.
+
+Limit: exports name units as allocator sees them. For GPT-2 these are the checkpoint's own
+module names; for fused experts they are ``...mlp.experts.{e}.gate_up_proj``/``down_proj``, not
+the on-disk names of a Mixtral checkpoint (``block_sparse_moe.experts.{e}.w1``/``w3``/``w2``,
+gate and up separate), so an expert plan exported to a runtime needs that renaming.
 """
 
 from __future__ import annotations
