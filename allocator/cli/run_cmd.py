@@ -52,6 +52,12 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="random seed"),
         device: str = typer.Option("cpu", help="cpu or cuda"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or logs"),
+        server: str | None = typer.Option(
+            None, "--server", help="run as a job on this allocation service (paths: its data root)"
+        ),
+        api_key: str | None = typer.Option(
+            None, "--api-key", help="API key for --server (default: $ALLOCATOR_API_KEY)"
+        ),
     ) -> None:
         """Compress a model end to end under a size budget and report its quality."""
         from allocator.pipeline import run
@@ -79,6 +85,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             device=device,
         )
+        if server:
+            _run_remote(server, api_key, settings, out, quiet)
+            return
         if quiet:
             from transformers.utils import logging as hf_logging
 
@@ -92,3 +101,24 @@ def register(app: typer.Typer) -> None:
                 typer.echo(
                     f"{r['method']}: {r['avg_bits']:.3f} bits, perplexity {r['perplexity']:.2f}"
                 )
+
+
+def _run_remote(server: str, api_key: str | None, settings: RunSettings, out: Path, quiet: bool):
+    """Submit the run as a job, follow it, and download its results and plan into ``out``."""
+    from allocator.cli.remote import client_for
+    from allocator.client import ServiceError
+
+    with client_for(server, api_key) as client:
+        job = client.submit("run", settings)
+        typer.echo(f"job {job['id']} submitted to {server}")
+        job = client.wait(job["id"], progress=not quiet)
+        if job["state"] != "succeeded":
+            raise ServiceError(500, f"job {job['id']} {job['state']}: {job['error']}")
+        out.mkdir(parents=True, exist_ok=True)
+        names = {a["path"] for a in client.artifacts(job["id"])}
+        for name in ("results.json", "results.md", "plan.json", "table.json"):
+            if name in names:
+                client.download(job["id"], name, out / name)
+        if (out / "results.md").is_file():
+            typer.echo((out / "results.md").read_text())
+        typer.echo(f"downloaded results into {out} (checkpoint: job artifact 'checkpoint')")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from allocator.cli.remote import KEY_HELP, SERVER_HELP, client_for
 from allocator.errors import InputError, PlanCheckError
 from allocator.schema.io import json_schema
 
@@ -119,13 +120,22 @@ def register(app: typer.Typer) -> None:
         ] = 0.0,
         as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="print nothing on success")] = False,
+        server: Annotated[str | None, typer.Option("--server", help=SERVER_HELP)] = None,
+        api_key: Annotated[str | None, typer.Option("--api-key", help=KEY_HELP)] = None,
     ) -> None:
         """Choose one option per unit minimising predicted loss; write a checked plan."""
         from allocator.schema.io import save_plan
         from allocator.solve.api import solve
 
         loaded_table, loaded_constraints = _inputs(table, constraints)
-        plan = solve(loaded_table, loaded_constraints, solver, time_limit, mip_gap)
+        if server:
+            with client_for(server, api_key) as client:
+                plan = client.solve(
+                    loaded_table, loaded_constraints, solver=solver, time_limit=time_limit,
+                    mip_gap=mip_gap,
+                )  # fmt: skip
+        else:
+            plan = solve(loaded_table, loaded_constraints, solver, time_limit, mip_gap)
         save_plan(plan, out)
         summary = plan_summary(plan)
         if as_json:
@@ -179,20 +189,29 @@ def register(app: typer.Typer) -> None:
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print the points as JSON")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or table")] = False,
+        server: Annotated[str | None, typer.Option("--server", help=SERVER_HELP)] = None,
+        api_key: Annotated[str | None, typer.Option("--api-key", help=KEY_HELP)] = None,
     ) -> None:
         """The loss-vs-size frontier over a list of average-bit budgets."""
         from allocator.schema.io import atomic_write_text
         from allocator.solve.pareto import front, points_csv, sweep
 
         loaded_table, loaded_constraints = _inputs(table, constraints)
-        points = sweep(
-            loaded_table,
-            loaded_constraints,
-            _budgets(budgets),
-            solver=solver,
-            time_limit=time_limit,
-            progress=not quiet and not as_json,
-        )
+        if server:
+            with client_for(server, api_key) as client:
+                points = client.pareto(
+                    loaded_table, loaded_constraints, _budgets(budgets), solver=solver,
+                    time_limit=time_limit,
+                )  # fmt: skip
+        else:
+            points = sweep(
+                loaded_table,
+                loaded_constraints,
+                _budgets(budgets),
+                solver=solver,
+                time_limit=time_limit,
+                progress=not quiet and not as_json,
+            )
         if out.suffix.lower() == ".csv":
             atomic_write_text(out, points_csv(points))
         else:
