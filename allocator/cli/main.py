@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "allocator.cli.profile_cmd",
     "allocator.cli.export_cmd",
     "allocator.cli.apply_cmds",
+    "allocator.cli.report_cmd",
 ]
 
 

@@ -95,6 +95,9 @@ def register(app: typer.Typer) -> None:
             hf_logging.set_verbosity_error()
         log = (lambda _msg: None) if quiet else typer.echo
         results = run(settings, out, progress=not quiet, log=log)
+        from allocator.report import report_run_folder
+
+        report_run_folder(out, log=log)
         if quiet:
             rows = results["rows"]
             for r in rows:

@@ -145,8 +145,12 @@ def run_run(s: dict[str, Any], out: Path, status: Status) -> None:
         if stage in RUN_STAGES:
             status(stage, RUN_STAGES.index(stage) / len(RUN_STAGES))
 
+    from allocator.report import report_run_folder
+
     status("profile", 0.0)
     run(RunSettings.model_validate(s), out, progress=True, log=log)
+    status("report", 0.98)
+    report_run_folder(out, log=log)
 
 
 def run_export(s: dict[str, Any], out: Path, status: Status) -> None:
