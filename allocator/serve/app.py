@@ -4,9 +4,10 @@
 - ``/v1/jobs``: long work (solve, pareto, profile, apply, eval, run, export) in worker processes,
   persisted in SQLite under the data directory and resumed after a restart;
 - ``/v1/health``, ``/v1/ready``, ``/v1/solvers``, ``/v1/schema/{name}``, ``/metrics``;
-- ``/openapi.json`` and the interactive docs at ``/docs``.
+- ``/openapi.json`` and the interactive docs at ``/docs``; the web page at ``/`` and ``/jobs``.
 Module map: config (settings, keys), models (bodies), auth, limits, errors, compute (pool),
-store (SQLite), runner (scheduler), worker (one job), metrics, routes_sync, routes_jobs.
+store (SQLite), runner (scheduler), worker (one job), metrics, routes_sync, routes_jobs,
+web (the page at / and /jobs, figures).
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.pool = pool
     errors.install(app)
 
-    from allocator.serve import routes_jobs, routes_sync
+    from allocator.serve import routes_jobs, routes_sync, web
 
     app.include_router(routes_sync.router)
     app.include_router(routes_jobs.router)
+    app.include_router(web.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:

@@ -238,3 +238,18 @@ def test_process_pool(tmp_path: Path, example: dict[str, Any]) -> None:
             "/v1/solve", json={**example, "constraints": tiny}, headers=ALICE
         )  # errors cross the process boundary with their fields
         assert response.status_code == 422 and response.json()["min_size_bits"] > 0
+
+
+def test_web_pages_and_figures(client: TestClient, example: dict[str, Any]) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/v1/solve" in page.text and "/v1/figures" in page.text
+    jobs = client.get("/jobs")
+    assert jobs.status_code == 200 and "/v1/jobs" in jobs.text
+    assert client.get("/v1/example").json()["table"] == example["table"]
+    plan = client.post("/v1/solve", json=example, headers=ALICE).json()
+    response = client.post("/v1/figures", json={"plan": plan}, headers=ALICE)
+    assert response.status_code == 200
+    assert sorted(response.json()["figures"]) == ["heatmap", "size_by_kind"]
+    assert response.json()["figures"]["heatmap"].startswith("<svg")
+    assert client.post("/v1/figures", json={"plan": plan}).status_code == 401
