@@ -106,6 +106,17 @@ def _mixtral() -> Any:
     return MixtralForCausalLM(MixtralConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2))
 
 
+def _qwen2_moe() -> Any:
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    return Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            **_COMMON, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+            num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
+        )
+    )  # fmt: skip
+
+
 def _bert() -> Any:
     from transformers import BertConfig, BertModel
 
@@ -129,6 +140,7 @@ FAMILIES = {
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
     "mixtral": _mixtral,
+    "qwen2_moe": _qwen2_moe,
     "bert": _bert,
 }
 CAUSAL_FAMILIES = [f for f in FAMILIES if f != "bert"]

@@ -25,7 +25,7 @@ _LAYER_RE = re.compile(r"\.(?:layers|layer|h|blocks|block|decoder\.layers)\.(\d+
 _FUSED_GROUPS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(self_attn|attention|attn)\.(q_proj|k_proj|v_proj)$"), r"\1.qkv"),
     (re.compile(r"(attention\.self)\.(query|key|value)$"), r"\1.qkv"),  # BERT-style
-    (re.compile(r"(mlp|feed_forward)\.(gate_proj|up_proj|w1|w3)$"), r"\1.gate_up"),
+    (re.compile(r"(mlp|feed_forward|shared_expert)\.(gate_proj|up_proj|w1|w3)$"), r"\1.gate_up"),
 )
 _EXPERT_RE = re.compile(r"\.experts\.\d+\.")
 _ROUTERS = ("gate", "router", "shared_expert_gate")

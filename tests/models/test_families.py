@@ -71,6 +71,17 @@ EXPECTED: dict[str, tuple[str, dict[str, tuple[int, int]]]] = {
             **{f"mlp.experts.{e}.down_proj": (64, 128) for e in range(4)},
         },
     ),
+    "qwen2_moe": (
+        "model.layers",
+        {  # routers (mlp.gate, mlp.shared_expert_gate) are not units
+            **{k: v for k, v in LLAMA_LIKE.items() if k.startswith("self_attn")},
+            **{f"mlp.experts.{e}.gate_up_proj": (64, 64) for e in range(4)},
+            **{f"mlp.experts.{e}.down_proj": (64, 32) for e in range(4)},
+            "mlp.shared_expert.gate_proj": (64, 64),
+            "mlp.shared_expert.up_proj": (64, 64),
+            "mlp.shared_expert.down_proj": (64, 64),
+        },
+    ),
     "bert": (
         "encoder.layer",
         {
@@ -182,11 +193,12 @@ def test_profile_solve_apply_reload_export(family: str, tmp_path: Path) -> None:
         assert sum(r["b2-g32-sym"] for r in losses.values()) > sum(
             r["b4-g32-sym"] for r in losses.values()
         )
-    presets = ["qkv", "gate_up"] + (["moe_experts"] if family == "mixtral" else [])
+    moe = family in ("mixtral", "qwen2_moe")
+    presets = ["qkv", "gate_up"] + (["moe_experts"] if moe else [])
     constraints = Constraints(budget={"avg_bits": 4.0}, tie_presets=presets, target="gptqmodel")
     plan = solve(tables["hessian"], constraints)
     chosen = {a.unit: a.option.key for a in plan.assignments}
-    if family == "mixtral":  # the same projection of every expert of a block shares one option
+    if moe:  # the same projection of every expert of a block shares one option
         for layer in range(4):
             for proj in ("gate_up_proj", "down_proj"):
                 keys = {chosen[f"model.layers.{layer}.mlp.experts.{e}.{proj}"] for e in range(4)}

@@ -137,7 +137,8 @@ def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
                 ctx.model.zero_grad(set_to_none=True)
                 _window_loss(ctx, ids[None], generator=generator).backward()
                 for name, w in weights.items():
-                    fisher[name] += w.grad.detach().float().square()
+                    if w.grad is not None:  # None: an MoE expert no token of the window reached
+                        fisher[name] += w.grad.detach().float().square()
         for f in fisher.values():
             f /= len(windows) * probes
     return _weighted_rows(ctx, fisher)
