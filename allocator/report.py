@@ -224,6 +224,10 @@ def build_report(
     png: bool = False,
     plan_table: bool = True,
 ) -> Report:
+    if not plan.assignments:
+        raise InputError("report: the plan has no assignments; nothing to draw")
+    if table is not None and not (table.units and table.options and table.losses):
+        table = None  # an empty table adds no figure
     plt = _pyplot()
     report = Report(title=title)
     rows = list((results or {}).get("rows", []))

@@ -65,6 +65,24 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.include_router(routes_jobs.router)
     app.include_router(web.router)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=app.routes, separate_input_output_schemas=False,
+            )  # fmt: skip
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in routes_sync.RAW_BODIES:  # bodies read raw: add their schemas
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:
         return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

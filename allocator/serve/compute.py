@@ -11,10 +11,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from allocator.schema.plan import Plan
 from allocator.serve.models import CheckRequest, CheckResponse, ParetoRequest, SolveRequest
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def do_solve(request: SolveRequest) -> Plan:
@@ -40,6 +43,35 @@ def do_pareto(request: ParetoRequest) -> list[Any]:
         request.table, request.constraints, request.budgets, solver=request.solver,
         time_limit=request.time_limit, mip_gap=request.mip_gap,
     )  # fmt: skip
+
+
+def _parse(model: type[M], raw: bytes, max_cells: int) -> M:
+    """Validate a request body (an InputError naming the fields when it is wrong)."""
+    from pydantic import ValidationError
+
+    from allocator.errors import InputError
+    from allocator.schema.io import describe_validation_error
+    from allocator.serve.limits import check_table
+
+    try:
+        request = model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InputError(describe_validation_error(exc, "request")) from None
+    check_table(request.table, max_cells)  # type: ignore[attr-defined]
+    return request
+
+
+def solve_json(raw: bytes, max_cells: int) -> bytes:
+    return do_solve(_parse(SolveRequest, raw, max_cells)).model_dump_json().encode()
+
+
+def check_json(raw: bytes, max_cells: int) -> bytes:
+    return do_check(_parse(CheckRequest, raw, max_cells)).model_dump_json().encode()
+
+
+def pareto_json(raw: bytes, max_cells: int) -> bytes:
+    points = do_pareto(_parse(ParetoRequest, raw, max_cells))
+    return ("[" + ",".join(p.model_dump_json() for p in points) + "]").encode()
 
 
 def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:

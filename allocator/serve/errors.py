@@ -20,14 +20,21 @@ class ApiError(Exception):
         self.extra = extra
 
 
-class TooLarge(ApiError):
-    def __init__(self, what: str, size: int, limit: int, option: str) -> None:
-        super().__init__(
-            413, f"{what} is {size}, over the limit of {limit} ({option})", limit=limit
-        )
+class LimitExceeded(AllocatorError):
+    """A request over a configured size limit (413); picklable, so it crosses the pool."""
+
+    def __init__(self, message: str, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def too_large(what: str, size: int, limit: int, option: str) -> LimitExceeded:
+    return LimitExceeded(f"{what} is {size}, over the limit of {limit} ({option})", limit)
 
 
 def status_for(exc: AllocatorError) -> int:
+    if isinstance(exc, LimitExceeded):
+        return 413
     if isinstance(exc, InfeasibleError):
         return 422
     if isinstance(exc, UnsupportedError):
@@ -61,7 +68,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AllocatorError)
     async def _allocator(_: Request, exc: AllocatorError) -> JSONResponse:
-        return error_response(status_for(exc), str(exc))
+        return error_response(status_for(exc), str(exc), limit=getattr(exc, "limit", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,7 +9,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from allocator.schema.table import SensitivityTable
-from allocator.serve.errors import TooLarge, error_response
+from allocator.serve.errors import error_response, too_large
 
 
 class BodyLimit:
@@ -18,8 +18,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def _refuse(self, size: int) -> Any:
-        exc = TooLarge("request body", size, self.max_bytes, "--max-body-bytes")
-        return error_response(exc.status, str(exc), **exc.extra)
+        exc = too_large("request body", size, self.max_bytes, "--max-body-bytes")
+        return error_response(413, str(exc), limit=exc.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,7 +38,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    exc = TooLarge("request body", seen, self.max_bytes, "--max-body-bytes")
+                    exc = too_large("request body", seen, self.max_bytes, "--max-body-bytes")
                     raise HTTPException(413, str(exc))
             return message
 
@@ -48,4 +48,4 @@ class BodyLimit:
 def check_table(table: SensitivityTable, max_cells: int) -> None:
     cells = len(table.units) * len(table.options)
     if cells > max_cells:
-        raise TooLarge("table (units x options)", cells, max_cells, "--max-table-cells")
+        raise too_large("table (units x options)", cells, max_cells, "--max-table-cells")

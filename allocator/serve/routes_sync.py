@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from allocator import __version__
 from allocator.schema.plan import Plan
 from allocator.serve.auth import owner_of
-from allocator.serve.compute import do_check, do_pareto, do_solve
-from allocator.serve.limits import check_table
+from allocator.serve.compute import check_json, pareto_json, solve_json
 from allocator.serve.models import (
     CheckRequest,
     CheckResponse,
@@ -64,27 +65,46 @@ async def schema(name: Literal["constraints", "table", "plan"]) -> dict[str, Any
     return json_schema(name)
 
 
-async def _run(request: Request, endpoint: str, fn: Any, body: Any) -> Any:
+def body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body read raw (parsed in the pool, so a huge table never blocks the loop)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+RAW_BODIES = (SolveRequest, CheckRequest, ParetoRequest)
+
+
+async def _run(request: Request, endpoint: str, fn: Any) -> Response:
+    """Parse, validate, compute and serialize on the pool; the event loop only moves bytes."""
+    raw = await request.body()
     config = request.app.state.config
-    check_table(body.table, config.max_table_cells)
-    result, seconds = await request.app.state.pool.run(fn, body)
+    result, seconds = await request.app.state.pool.run(fn, raw, config.max_table_cells)
     request.app.state.metrics.solve_seconds.labels(endpoint).observe(seconds)
-    return result
+    return Response(result, media_type="application/json")
 
 
-@router.post("/solve", response_model=Plan, tags=["solve"], responses=ERRORS)
-async def solve(body: SolveRequest, request: Request, _: str = Depends(owner_of)) -> Plan:
+def _ok(model: Any) -> dict[int | str, dict[str, Any]]:
+    return {**ERRORS, 200: {"model": model, "description": "OK"}}
+
+
+@router.post("/solve", tags=["solve"], responses=_ok(Plan), openapi_extra=body_of(SolveRequest))
+async def solve(request: Request, _: str = Depends(owner_of)) -> Response:
     """One option per unit minimising predicted loss under the constraints."""
-    return await _run(request, "solve", do_solve, body)
+    return await _run(request, "solve", solve_json)
 
 
-@router.post("/check", response_model=CheckResponse, tags=["solve"], responses=ERRORS)
-async def check(body: CheckRequest, request: Request, _: str = Depends(owner_of)) -> Any:
+@router.post(
+    "/check", tags=["solve"], responses=_ok(CheckResponse), openapi_extra=body_of(CheckRequest)
+)
+async def check(request: Request, _: str = Depends(owner_of)) -> Response:
     """Every violation of a plan against its table and constraints (independent checker)."""
-    return await _run(request, "check", do_check, body)
+    return await _run(request, "check", check_json)
 
 
-@router.post("/pareto", response_model=list[ParetoPoint], tags=["solve"], responses=ERRORS)
-async def pareto(body: ParetoRequest, request: Request, _: str = Depends(owner_of)) -> Any:
+@router.post(
+    "/pareto", tags=["solve"], responses=_ok(list[ParetoPoint]),
+    openapi_extra=body_of(ParetoRequest),
+)  # fmt: skip
+async def pareto(request: Request, _: str = Depends(owner_of)) -> Response:
     """Solve at each average-bits budget; loss is non-increasing along the result."""
-    return await _run(request, "pareto", do_pareto, body)
+    return await _run(request, "pareto", pareto_json)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from allocator.errors import InputError
 from allocator.schema.plan import Plan
 from allocator.schema.table import SensitivityTable
 from allocator.serve.auth import owner_of
@@ -33,7 +34,13 @@ class Figures(BaseModel):
 def render_figures(request: FiguresRequest) -> Figures:
     from allocator.report import build_report
 
-    report = build_report(request.plan, request.table, plan_table=False)
+    try:
+        report = build_report(request.plan, request.table, plan_table=False)
+    except (ValueError, KeyError, IndexError, ZeroDivisionError) as exc:  # odd but valid input
+        raise InputError(
+            f"figures: cannot draw this plan/table ({type(exc).__name__}: {exc})"
+        ) from None
+
     return Figures(figures={k: v[v.index("<svg") :] for k, v in report.svgs.items()})
 
 
