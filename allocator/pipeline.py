@@ -58,6 +58,7 @@ class RunSettings(BaseModel):
     calib_text: list[str] | None = None
     eval_text: list[str] | None = None
     compare_uniform: bool = True
+    compare_llama: bool = False
     calibrate_options: bool = True
     validate_plan: bool = True
     validate_windows: int = Field(default=8, ge=1)
@@ -228,6 +229,19 @@ def uniform_plan_for(job: Job) -> Plan:
     return plan_from_choice(units, choice, constraints, solver="rule:uniform")
 
 
+def llama_plan_for(job: Job) -> Plan:
+    """llama.cpp's Q4_K_M-style rule (v/down promoted) scaled to the budget, g128 ladder."""
+    from allocator.models.units import find_units
+    from allocator.profile.options import parse_options
+    from allocator.solve.rules import llama_rule_choice, plan_from_choice
+
+    units = find_units(job.loaded.model)
+    constraints = Constraints.simple(job.settings.budget)
+    ladder = parse_options("bits=2,3,4,5,6,8 group=128")
+    choice = llama_rule_choice(units, constraints, ladder, group_size=128)
+    return plan_from_choice(units, choice, constraints, solver="rule:llama.cpp")
+
+
 def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, str]:
     """The model compressed by ``plan`` and its key; the checkpoint goes to ``candidates/NAME``."""
     s = job.settings
@@ -323,7 +337,8 @@ def evaluate_stage(
     rows = [_row("unmodified", 32.0, base.perplexity, 0.0)]
     labels = {"plan": f"plan ({s.estimator} table, {plan.solver}, {s.method})",
               "uniform": f"uniform {plans['uniform'].assignments[0].option.key} ({s.method})"
-              if "uniform" in plans else "uniform"}  # fmt: skip
+              if "uniform" in plans else "uniform",
+              "llama": f"llama.cpp Q4_K_M-style rule, g128 ({s.method})"}  # fmt: skip
     for name in candidates:
         label = labels[name] + (" [chosen]" if name == chosen and len(candidates) > 1 else "")
         rows.append(_row(label, plans[name].avg_bits, measured[name].perplexity,
@@ -384,6 +399,8 @@ def run(
     plans = {"plan": plan}
     if settings.validate_plan or settings.compare_uniform:
         plans["uniform"] = uniform_plan_for(job)
+    if settings.compare_llama:
+        plans["llama"] = llama_plan_for(job)
     eval_key = _hash("eval", {n: p.content_hash() for n, p in plans.items()},
                      settings.model_dump(), job.data_hash("eval"))  # fmt: skip
     if stages.done("evaluate", eval_key, "results.json", "plan.json"):
@@ -395,7 +412,8 @@ def run(
     validation = None
     chosen = "plan"
     if settings.validate_plan and "uniform" in candidates:
-        validation = validate_stage(job, stages, plan, candidates, keys)
+        pair = {n: candidates[n] for n in ("plan", "uniform")}
+        validation = validate_stage(job, stages, plan, pair, {n: keys[n] for n in pair})
         chosen = validation["chosen"]
     _install_choice(stages, chosen, plans[chosen])
     if not settings.compare_uniform and chosen == "plan":
