@@ -4,41 +4,21 @@ writes the same files as a local run; ``allocator serve`` refuses a public addre
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from allocator.cli.main import main
-from allocator.serve.app import create_app
-from allocator.serve.config import ServeConfig
-from tests.serve.conftest import KEYS
+from tests.serve.conftest import live_server
 
 KEY = "alice-secret-1"
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = ServeConfig(data_dir=tmp_path_factory.mktemp("remote"), workers=0, keys=KEYS)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(tmp_path_factory.mktemp("remote")) as url:
+        yield url
 
 
 def test_solve_and_pareto_on_a_server(server_url: str, tmp_path: Path, capsys) -> None:
