@@ -174,7 +174,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         seed=s.seed,
         device=s.device,
         progress=job.progress,
-        journal=stages.out / "profile.journal.jsonl",
+        journal=stages.out / f"profile-{key}.journal.jsonl",
         resume=True,
     )
     save_table(table, stages.out / "table.json")

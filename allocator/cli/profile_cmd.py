@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
             estimator = "hessian_kl"
         spec = ESTIMATORS.get(estimator)
         journal_path = journal
-        if spec.journaled and journal_path is None:
+        if (spec.journaled or spec.checkpointed) and journal_path is None:
             journal_path = out.with_name(out.name + ".journal.jsonl")
         table = profile(
             model,

@@ -21,7 +21,7 @@ class Estimator:
     """``run(ctx)`` returns losses (kind "loss") or per-unit scores (kind "score").
 
     ``windows`` x ``seq_len`` is the default token budget; ``journaled`` estimators persist unit
-    by unit and resume.
+    by unit and resume; ``checkpointed`` ones save their running sums beside the journal.
     """
 
     name: str
@@ -30,6 +30,7 @@ class Estimator:
     windows: int = 64
     seq_len: int = 512
     journaled: bool = False
+    checkpointed: bool = False
     doc: str = ""
 
 

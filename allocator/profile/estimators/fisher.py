@@ -29,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from allocator.profile.estimators import Estimator, register
+from allocator.profile.journal import open_checkpoint
 
 
 @contextmanager
@@ -129,16 +130,30 @@ def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
     embedding = is_embedding_model(ctx.model)
     probes = int(ctx.settings.get("probes", 4)) if embedding else 1
     generator = torch.Generator().manual_seed(ctx.seed)
+    checkpoint = open_checkpoint(ctx, "fisher")
     with _grads_on(ctx) as weights:
         fisher = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
         windows = ctx.input_ids
-        for ids in tqdm(windows, desc="fisher", unit="window", disable=not ctx.progress):
+        done = 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            tensors, done = saved
+            fisher.update({n: t for n, t in tensors.items() if n in fisher})
+            if "_generator" in tensors:
+                generator.set_state(tensors["_generator"])
+        bar = tqdm(total=len(windows), initial=done, desc="fisher", unit="window",
+                   disable=not ctx.progress)  # fmt: skip
+        for index in range(done, len(windows)):
             for _ in range(probes):
                 ctx.model.zero_grad(set_to_none=True)
-                _window_loss(ctx, ids[None], generator=generator).backward()
+                _window_loss(ctx, windows[index][None], generator=generator).backward()
                 for name, w in weights.items():
                     if w.grad is not None:  # None: an MoE expert no token of the window reached
                         fisher[name] += w.grad.detach().float().square()
+            bar.update(1)
+            if checkpoint is not None:
+                checkpoint.maybe_save({**fisher, "_generator": generator.get_state()}, index + 1)
+        bar.close()
         for f in fisher.values():
             f /= len(windows) * probes
     return _weighted_rows(ctx, fisher)
@@ -178,7 +193,12 @@ def hutchinson_losses(ctx: Any) -> dict[str, dict[str, float]]:
     return _weighted_rows(ctx, {n: torch.tensor(abs(t)) for n, t in traces.items()})
 
 
-register(Estimator("fisher", fisher_losses, windows=16, seq_len=256, doc="1/2 sum F dW^2"))
+register(
+    Estimator(
+        "fisher", fisher_losses, windows=16, seq_len=256, checkpointed=True,
+        doc="1/2 sum F dW^2",
+    )
+)  # fmt: skip
 register(
     Estimator("hutchinson", hutchinson_losses, windows=2, seq_len=256, doc="1/2 tr(H)/n ||dW||^2")
 )
