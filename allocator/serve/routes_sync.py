@@ -37,11 +37,15 @@ async def health() -> Health:
     return Health(status="ok", version=__version__)
 
 
-@router.get("/ready", response_model=Ready, tags=["service"])
-async def ready(request: Request) -> Ready:
-    """Readiness: the job store answers and the scheduler is up."""
+@router.get("/ready", response_model=Ready, tags=["service"], responses={503: {"model": Ready}})
+async def ready(request: Request) -> Any:
+    """Readiness: the job store answers and the scheduler is up (503 when it is not)."""
     manager = request.app.state.manager
     counts = manager.store.counts()
+    if not manager.alive():
+        body = Ready(ready=False, workers=request.app.state.config.workers,
+                     queued=counts.get("queued", 0), running=counts.get("running", 0))  # fmt: skip
+        return Response(body.model_dump_json(), status_code=503, media_type="application/json")
     return Ready(
         ready=True, workers=request.app.state.config.workers,
         queued=counts.get("queued", 0), running=counts.get("running", 0),

@@ -107,6 +107,10 @@ class JobManager:
         self.store.delete(job_id)
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
 
+    def alive(self) -> bool:
+        """The scheduler thread runs (or jobs are not run by this server at all)."""
+        return not self.run_jobs or (self._thread is not None and self._thread.is_alive())
+
     def running(self) -> int:
         with self._lock:
             return len(self._procs)

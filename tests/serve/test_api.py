@@ -253,3 +253,14 @@ def test_web_pages_and_figures(client: TestClient, example: dict[str, Any]) -> N
     assert sorted(response.json()["figures"]) == ["heatmap", "size_by_kind"]
     assert response.json()["figures"]["heatmap"].startswith("<svg")
     assert client.post("/v1/figures", json={"plan": plan}).status_code == 401
+
+
+def test_ready_reports_a_dead_scheduler(tmp_path: Path) -> None:
+    with make_client(tmp_path) as c:
+        assert c.get("/v1/ready").status_code == 200
+        manager = c.app.state.manager
+        manager._stop.set()
+        manager._wake.set()
+        manager._thread.join(timeout=10)
+        response = c.get("/v1/ready")
+        assert response.status_code == 503 and response.json()["ready"] is False
