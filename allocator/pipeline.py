@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +63,7 @@ class RunSettings(BaseModel):
     validate_plan: bool = True
     validate_windows: int = Field(default=8, ge=1)
     bos: bool | None = None
+    task: Literal["auto", "causal_lm", "embedding"] = "auto"
     seed: int = 0
     device: str = "cpu"
 
@@ -112,6 +113,13 @@ class Job:
             self._loaded = load_model(self.settings.model, device=self.settings.device)
             self.log(f"model {self.settings.model} loaded in {time.perf_counter() - start:.1f}s")
         return self._loaded
+
+    @property
+    def task(self) -> str:
+        """causal_lm or embedding (``auto``: what the loader found)."""
+        if self.settings.task != "auto":
+            return self.settings.task
+        return str(getattr(self.loaded, "task", "causal_lm"))
 
     def fresh_model(self) -> Any:
         """A new copy of the unmodified model (applying a plan changes a model in place)."""
@@ -168,7 +176,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         s.estimator,
         s.options,
         bos=s.bos,
-        calibrate_options=s.calibrate_options,
+        calibrate_options=s.calibrate_options and job.task == "causal_lm",
         windows=s.profile_windows,
         seq_len=s.profile_seq_len,
         seed=s.seed,
@@ -287,9 +295,18 @@ def validate_stage(
         job.log("validate: validation.json is up to date, skipped")
         return json.loads((stages.out / "validation.json").read_text())
     ids = job.windows("calib", s.validate_windows, s.seq_len, holdout=True)
-    measured = evaluate_many(candidates, ids, job.loaded.model, progress=job.progress,
-                             desc="validate")  # fmt: skip
-    kl = {name: measured[name].kl for name in candidates}
+    if job.task == "embedding":
+        from allocator.evaluate.embedding import evaluate_embeddings
+
+        similarity = evaluate_embeddings(candidates, ids, job.loaded.model,
+                                         progress=job.progress, desc="validate")  # fmt: skip
+        kl = {
+            name: 1.0 - similarity[name].cosine for name in candidates
+        }  # 1 - cos, lower is better
+    else:
+        measured = evaluate_many(candidates, ids, job.loaded.model, progress=job.progress,
+                                 desc="validate")  # fmt: skip
+        kl = {name: measured[name].kl for name in candidates}
     chosen = "plan"
     if "uniform" in kl and kl["uniform"] is not None and kl["plan"] is not None:
         chosen = "plan" if kl["plan"] <= kl["uniform"] else "uniform"
@@ -298,12 +315,13 @@ def validate_stage(
         "seq_len": int(ids.shape[1]),
         "predicted_loss": plan.predicted_loss,
         "measured_kl": kl,
+        "metric": "1 - cosine" if job.task == "embedding" else "mean KL",
         "chosen": chosen,
     }
     atomic_write_text(stages.out / "validation.json", json.dumps(record, indent=1) + "\n")
     stages.mark("validate", key)
     verdict = "kept" if chosen == "plan" else "NOT better than uniform: falling back to uniform"
-    job.log("validate: held-out calibration KL " + ", ".join(
+    job.log(f"validate: held-out calibration {record['metric']} " + ", ".join(
         f"{n} {v:.4f}" for n, v in kl.items() if v is not None) + f"; plan {verdict}")  # fmt: skip
     return record
 
@@ -330,6 +348,8 @@ def evaluate_stage(
     from allocator.evaluate import evaluate_many
 
     s = job.settings
+    if job.task == "embedding":
+        return _evaluate_embedding_stage(job, candidates, plans, chosen)
     eval_ids = job.windows("eval", s.eval_windows, s.seq_len)
     measured = evaluate_many(candidates, eval_ids, job.loaded.model, reference_name="unmodified",
                              progress=job.progress, desc="evaluate")  # fmt: skip
@@ -348,6 +368,28 @@ def evaluate_stage(
             "eval_windows": int(eval_ids.shape[0]), "seq_len": int(eval_ids.shape[1])}  # fmt: skip
 
 
+def _evaluate_embedding_stage(
+    job: Job, candidates: dict[str, Any], plans: dict[str, Plan], chosen: str
+) -> dict:
+    """Encoders: cosine of pooled sentence embeddings and last-hidden MSE vs the original."""
+    from allocator.evaluate.embedding import evaluate_embeddings, text_batches
+
+    s = job.settings
+    ids, mask = text_batches(job.loaded.tokenizer, job.text("eval"), n_texts=s.eval_windows)
+    measured = evaluate_embeddings(candidates, ids, job.loaded.model, attention_mask=mask,
+                                   progress=job.progress, desc="evaluate")  # fmt: skip
+    rows = [{"method": "unmodified", "avg_bits": 32.0, "cosine": 1.0, "cosine_min": 1.0,
+             "relative_mse": 0.0}]  # fmt: skip
+    for name, result in measured.items():
+        label = f"{name} ({plans[name].solver}, {s.method})"
+        label += " [chosen]" if name == chosen and len(candidates) > 1 else ""
+        rows.append({"method": label, "avg_bits": plans[name].avg_bits, "cosine": result.cosine,
+                     "cosine_min": result.cosine_min, "relative_mse": result.relative_mse})  # fmt: skip
+    return {"settings": s.model_dump(), "task": "embedding", "rows": rows,
+            "predicted_loss": plans["plan"].predicted_loss, "budget": s.budget, "chosen": chosen,
+            "eval_texts": int(ids.shape[0])}  # fmt: skip
+
+
 def _starts_with_bos(job: Job, ids: Any) -> bool:
     bos = getattr(job.loaded.tokenizer, "bos_token_id", None)
     return bos is not None and bool((ids[:, 0] == bos).all())
@@ -358,6 +400,8 @@ def _row(name: str, bits: float, ppl: float, kl: float | None) -> dict[str, Any]
 
 
 def markdown(results: dict[str, Any]) -> str:
+    if results.get("task") == "embedding":
+        return _embedding_markdown(results)
     lines = [f"# allocator run: budget {results['budget']} bits/weight", "",
              "| method | avg bits | perplexity | KL vs original |", "|---|---|---|---|"]  # fmt: skip
     for r in results["rows"]:
@@ -379,6 +423,18 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _embedding_markdown(results: dict[str, Any]) -> str:
+    lines = [f"# allocator run: budget {results['budget']} bits/weight (embedding model)", "",
+             "| method | avg bits | mean cosine | worst cosine | relative MSE |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['avg_bits']:.3f} | {r['cosine']:.4f} | "
+                     f"{r['cosine_min']:.4f} | {r['relative_mse']:.4f} |")  # fmt: skip
+    lines += ["", f"Evaluation: {results['eval_texts']} held-out passages, pooled embeddings vs the "
+              "original model."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def run(
     settings: RunSettings,
     out: str | Path,
@@ -394,6 +450,9 @@ def run(
     stages = Stages(folder)
     job = Job(settings, progress, log)
     start = time.perf_counter()
+    if settings.refine_rounds > 0 and job.task == "embedding":
+        raise InputError("--refine-rounds: refinement measures KL of an LM head; an embedding "
+                         "model has none, use --refine-rounds 0")  # fmt: skip
     table = profile_stage(job, stages)
     plan = solve_stage(job, stages, table)
     plans = {"plan": plan}

@@ -46,6 +46,12 @@ def register(app: typer.Typer) -> None:
             True, help="measure plan vs uniform on held-out calibration windows; keep the better"
         ),
         validate_windows: int = typer.Option(8, help="held-out calibration windows to validate on"),
+        task: str = typer.Option(
+            "auto", help="auto (from the model), causal_lm or embedding (encoders)"
+        ),
+        compare_llama: bool = typer.Option(
+            False, help="also evaluate the llama.cpp Q4_K_M-style rule at the same budget"
+        ),
         bos: bool | None = typer.Option(
             None, "--bos/--no-bos", help="start windows with BOS (default: as the tokenizer does)"
         ),
@@ -82,6 +88,8 @@ def register(app: typer.Typer) -> None:
             validate_plan=validate,
             validate_windows=validate_windows,
             bos=bos,
+            task=task,
+            compare_llama=compare_llama,
             seed=seed,
             device=device,
         )
@@ -102,7 +110,12 @@ def register(app: typer.Typer) -> None:
             rows = results["rows"]
             for r in rows:
                 typer.echo(
-                    f"{r['method']}: {r['avg_bits']:.3f} bits, perplexity {r['perplexity']:.2f}"
+                    f"{r['method']}: {r['avg_bits']:.3f} bits, "
+                    + (
+                        f"perplexity {r['perplexity']:.2f}"
+                        if "perplexity" in r
+                        else f"cosine {r['cosine']:.4f}"
+                    )
                 )
 
 

@@ -81,3 +81,23 @@ def test_encoder_errors_name_the_fix(
         capsys.readouterr()
         assert main([*args, "--quiet"]) in (2, 3, 4, 5)  # an AllocatorError, not a crash (70)
         assert message in capsys.readouterr().err
+
+
+def test_run_on_an_encoder_reports_embedding_similarity(
+    encoder_folder: Path, tmp_path: Path
+) -> None:
+    """allocator run detects the encoder: Fisher table, validation and evaluation by cosine."""
+    out = tmp_path / "run"
+    text = str(encoder_folder / "text.txt")
+    args = ["run", "--model", str(encoder_folder), "--budget", "4", "--out", str(out),
+            "--options", "bits=2,3,4,8 group=32", "--profile-windows", "4",
+            "--profile-seq-len", "32", "--quant-windows", "4", "--eval-windows", "8",
+            "--validate-windows", "2", "--seq-len", "32", "--calib-text", text,
+            "--eval-text", text, "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "embedding"
+    assert results["validation"]["metric"] == "1 - cosine"
+    plan_row = next(r for r in results["rows"] if r["method"].startswith("plan"))
+    assert 0.0 < plan_row["cosine"] <= 1.0 + 1e-6
+    assert "mean cosine" in (out / "results.md").read_text()
