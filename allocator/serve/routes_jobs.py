@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,18 +34,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _confined(kind: str, settings: Any, root: Path, max_cells: int) -> dict[str, Any]:
-    """Settings as JSON with every model/text path checked and made absolute under ``root``."""
+def _confined(
+    settings: Any, root: Path, max_cells: int, jobs: Callable[[str], Path]
+) -> dict[str, Any]:
+    """Settings as JSON with every model/text path checked and made absolute under ``root``
+    (or under the output folder of a finished job of the same owner: ``job:ID/PATH``)."""
     for name in ("table",):
         if hasattr(settings, name):
             check_table(getattr(settings, name), max_cells)
     data = settings.model_dump(mode="json")
     for name in ("model", "reference"):
         if data.get(name) is not None:
-            data[name] = confine(data[name], root, name, BUILTIN_MODELS)
+            data[name] = confine(data[name], root, name, BUILTIN_MODELS, jobs)
     for name in ("text", "calib_text", "eval_text"):
         if name in data:
-            data[name] = confine_list(data[name], root, name)
+            data[name] = confine_list(data[name], root, name, jobs)
     return data
 
 
@@ -85,8 +89,17 @@ async def submit(
 ) -> JobView:
     """Queue a job of one kind (solve, pareto, profile, apply, eval, run, export)."""
     config = request.app.state.config
-    settings = _confined(job.kind, job.settings, config.root, config.max_table_cells)
     manager = request.app.state.manager
+
+    def finished_job(job_id: str) -> Path:
+        found = _own(request, job_id, owner)
+        if found["state"] != "succeeded":
+            raise ApiError(
+                409, f"job {job_id} is {found['state']}; use a succeeded job's artifacts"
+            )
+        return manager.folder(job_id) / "out"
+
+    settings = _confined(job.settings, config.root, config.max_table_cells, finished_job)
     job_id = manager.submit(owner, job.kind, settings)
     return view(request, manager.store.get(job_id))
 
