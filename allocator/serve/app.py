@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from allocator import __version__
-from allocator.serve import errors
+from allocator.serve import docs, errors
 from allocator.serve.compute import Pool
 from allocator.serve.config import ServeConfig
 from allocator.serve.limits import BodyLimit
@@ -46,7 +46,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             manager.stop()
             pool.close()
 
+    offline_docs = docs.assets()
     app = FastAPI(
+        docs_url=None if offline_docs else "/docs",
+        redoc_url=None if offline_docs else "/redoc",
         title="allocator",
         version=__version__,
         description="Optimization-based bit allocation as a service: solve, check and sweep "
@@ -58,6 +61,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.pool = pool
     errors.install(app)
+    if offline_docs is not None:
+        docs.install(app, offline_docs)
 
     from allocator.serve import routes_jobs, routes_sync, web
 

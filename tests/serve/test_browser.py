@@ -46,6 +46,10 @@ def test_solve_in_the_browser(tmp_path: Path) -> None:
             page.screenshot(path=str(ARTIFACTS / "browser_solve.png"), full_page=False)
             page.goto(url + "/jobs")
             page.wait_for_selector("#status:has-text('jobs')")
+            page.goto(url + "/docs")  # Swagger UI from local assets renders the operations
+            page.wait_for_selector(
+                "span.opblock-summary-path:has-text('/v1/solve')", timeout=30_000
+            )
         finally:
             browser.close()
     assert main(["check", "--plan", str(plan)]) == 0
