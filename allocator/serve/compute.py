@@ -36,12 +36,12 @@ def do_check(request: CheckRequest) -> CheckResponse:
     return CheckResponse(ok=not violations, violations=violations)
 
 
-def do_pareto(request: ParetoRequest) -> list[Any]:
+def do_pareto(request: ParetoRequest, progress: bool = False) -> list[Any]:
     from allocator.solve.pareto import sweep
 
     return sweep(
         request.table, request.constraints, request.budgets, solver=request.solver,
-        time_limit=request.time_limit, mip_gap=request.mip_gap,
+        time_limit=request.time_limit, mip_gap=request.mip_gap, progress=progress,
     )  # fmt: skip
 
 

@@ -27,12 +27,49 @@ RUN_STAGES = ("profile", "solve", "apply", "validate", "evaluate")
 
 
 class Status:
+    """Writes ``status.json``: ``status(stage, progress, span)`` starts a stage at ``progress``
+    that may advance by ``span``; progress bars inside it report their fraction (``within``)."""
+
     def __init__(self, job_dir: Path) -> None:
         self.path = job_dir / "status.json"
+        self.stage, self.base, self.span, self.progress = "starting", 0.0, 0.0, 0.0
+        self._written = 0.0
 
-    def __call__(self, stage: str, progress: float) -> None:
-        payload = {"stage": stage, "progress": round(min(max(progress, 0.0), 1.0), 4)}
+    def __call__(self, stage: str, progress: float, span: float = 0.0) -> None:
+        self.stage, self.base, self.span = stage, progress, span
+        self.progress = progress
+        self._write()
+
+    def within(self, fraction: float) -> None:
+        value = self.base + self.span * min(max(fraction, 0.0), 1.0)
+        if value > self.progress:
+            self.progress = value
+            if time.monotonic() - self._written > 0.5:
+                self._write()
+
+    def _write(self) -> None:
+        self._written = time.monotonic()
+        payload = {"stage": self.stage, "progress": round(min(max(self.progress, 0.0), 1.0), 4)}
         atomic_write_text(self.path, json.dumps(payload))
+
+
+def track_progress_bars(status: Status) -> None:
+    """Route every outermost tqdm bar's fraction to ``status`` (installed before the library
+    modules that create bars are imported)."""
+    import tqdm
+    import tqdm.auto
+
+    base = tqdm.auto.tqdm
+
+    class Tracked(base):  # type: ignore[misc, valid-type]
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            if not self.disable and self.total and getattr(self, "pos", 0) == 0:
+                status.within(self.n / self.total)
+            return shown
+
+    tqdm.auto.tqdm = Tracked
+    tqdm.tqdm = Tracked
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -55,7 +92,7 @@ def run_profile(s: dict[str, Any], out: Path, status: Status) -> None:
 
     load_all()
     spec = ESTIMATORS.get(s["estimator"])
-    status("profile", 0.05)
+    status("profile", 0.05, 0.9)
     table = profile(
         s["model"], _texts(s["text"]), s["estimator"], s["options"], windows=s["windows"],
         seq_len=s["seq_len"], seed=s["seed"], device=s["device"], progress=True,
@@ -78,8 +115,9 @@ def run_pareto(s: dict[str, Any], out: Path, status: Status) -> None:
     from allocator.serve.compute import do_pareto
     from allocator.serve.models import ParetoRequest
 
-    status("pareto", 0.1)
-    points = do_pareto(ParetoRequest.model_validate(s))
+    status("pareto", 0.05, 0.9)
+    request = ParetoRequest.model_validate(s)
+    points = do_pareto(request, progress=True)
     atomic_write_text(
         out / "pareto.json",
         json.dumps([p.model_dump(mode="json") for p in points], indent=1) + "\n",
@@ -108,7 +146,7 @@ def run_apply(s: dict[str, Any], out: Path, status: Status) -> None:
             loaded.tokenizer, text, seq_len=s["seq_len"], n_windows=s["calib_windows"],
             seed=s["seed"], bos=s["bos"],
         )  # fmt: skip
-    status("apply", 0.2)
+    status("apply", 0.2, 0.7)
     apply_plan(loaded.model, plan, windows, method=s["method"], act_order=s["act_order"])
     status("save", 0.9)
     sizes = save_checkpoint(loaded.model, plan, out / "checkpoint", tokenizer=loaded.tokenizer)
@@ -129,7 +167,7 @@ def run_eval(s: dict[str, Any], out: Path, status: Status) -> None:
         loaded.tokenizer or (ref.tokenizer if ref else None), text, seq_len=s["seq_len"],
         n_windows=s["windows"], contiguous=True, bos=s["bos"],
     )  # fmt: skip
-    status("evaluate", 0.2)
+    status("evaluate", 0.2, 0.75)
     result = evaluate(loaded.model, ids, ref.model if ref else None, batch_size=s["batch_size"])
     record = {"perplexity": result.perplexity, "kl": result.kl, "windows": result.n_windows,
               "tokens": result.n_tokens, "seconds": result.seconds}  # fmt: skip
@@ -142,12 +180,12 @@ def run_run(s: dict[str, Any], out: Path, status: Status) -> None:
     def log(message: str) -> None:
         print(message, flush=True)
         stage = message.split(":", 1)[0].strip()
-        if stage in RUN_STAGES:
-            status(stage, RUN_STAGES.index(stage) / len(RUN_STAGES))
+        if stage in RUN_STAGES and stage != status.stage:
+            status(stage, RUN_STAGES.index(stage) / len(RUN_STAGES), 1 / len(RUN_STAGES))
 
     from allocator.report import report_run_folder
 
-    status("profile", 0.0)
+    status("profile", 0.0, 1 / len(RUN_STAGES))
     run(RunSettings.model_validate(s), out, progress=True, log=log)
     status("report", 0.98)
     report_run_folder(out, log=log)
@@ -180,6 +218,7 @@ def main(job_dir: Path, parent_pid: int) -> int:
     out = job_dir / "out"
     out.mkdir(exist_ok=True)
     status = Status(job_dir)
+    track_progress_bars(status)
     print(f"[{time.strftime('%H:%M:%S')}] {job['kind']} job starts (pid {os.getpid()})")
     result: dict[str, Any]
     try:

@@ -159,10 +159,11 @@ def test_failed_job_retry_and_cancel(client: TestClient, example: dict[str, Any]
     # cancel a running job: a sweep of 256 budgets takes ~20 s
     slow = {**example, "budgets": [2.5 + 0.01 * i for i in range(256)], "solver": "ilp"}
     job = client.post("/v1/jobs", json={"kind": "pareto", "settings": slow}, headers=ALICE).json()
-    deadline = time.monotonic() + 30
-    while client.get(f"/v1/jobs/{job['id']}", headers=ALICE).json()["state"] != "running":
-        assert time.monotonic() < deadline
+    deadline = time.monotonic() + 60
+    while (seen := client.get(f"/v1/jobs/{job['id']}", headers=ALICE).json())["progress"] < 0.1:
+        assert time.monotonic() < deadline and seen["state"] in ("queued", "running"), seen
         time.sleep(0.05)
+    assert seen["state"] == "running" and seen["stage"] == "pareto"  # progress of its bar
     response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=ALICE)
     assert response.status_code == 200
     job = wait(client, job["id"], ALICE, timeout=10)
