@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from allocator.pipeline import RunSettings
 from allocator.schema.constraints import Constraints
@@ -79,6 +79,13 @@ class ErrorBody(BaseModel):
 # --- job settings, one model per kind ---------------------------------------------------------
 
 
+# estimator settings a client may set (paths such as journals are the server's to choose)
+ESTIMATOR_SETTINGS = frozenset({
+    "probes", "reference", "kl_windows", "kl_seq_len", "proxy", "z_threshold", "eps",
+    "calibration_units", "calibration_windows", "calibration_seq_len", "checkpoint_every_s",
+})  # fmt: skip
+
+
 class ProfileSettings(Strict):
     model: str = Field("smollm2", max_length=4096)
     text: list[Annotated[str, Field(max_length=4096)]] | None = Field(None, max_length=64)
@@ -90,6 +97,17 @@ class ProfileSettings(Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
     settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - ESTIMATOR_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"estimator settings {unknown} are not accepted by the service; "
+                f"use {sorted(ESTIMATOR_SETTINGS)}"
+            )
+        return value
 
 
 class ApplySettings(Strict):

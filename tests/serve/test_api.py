@@ -193,6 +193,7 @@ def test_paths_confined_to_data_root(client: TestClient, tmp_path: Path) -> None
         {"text": ["texts/escape.txt"]},  # a symlink that leads out
         {"text": ["missing.txt"]},
         {"model": ""},
+        {"settings": {"journal": "/tmp/elsewhere"}},  # server-chosen paths are not settable
     ]
     for settings in bad:
         response = client.post(
