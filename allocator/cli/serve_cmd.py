@@ -35,6 +35,13 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="the only folder job settings may read models/texts from"),
         ] = None,
+        database_url: Annotated[
+            str | None,
+            typer.Option(
+                help="job database URL for SQLAlchemy, e.g. postgresql+psycopg://u@host/db "
+                "(default: SQLite in --data-dir)"
+            ),
+        ] = None,
         keys_file: Annotated[
             Path | None,
             typer.Option(help="API keys, 'name:key' per line (also $ALLOCATOR_API_KEYS)"),
@@ -60,7 +67,7 @@ def register(app: typer.Typer) -> None:
                 "(--keys-file or $ALLOCATOR_API_KEYS)"
             )
         config = ServeConfig(
-            workers=workers, keys=keys, max_body_bytes=max_body_bytes,
+            workers=workers, keys=keys, max_body_bytes=max_body_bytes, database_url=database_url,
             max_table_cells=max_table_cells,
             **({"data_dir": data_dir} if data_dir else {}),
             **({"data_root": data_root} if data_root else {}),

@@ -25,14 +25,14 @@ from allocator.serve.config import ServeConfig
 from allocator.serve.limits import BodyLimit
 from allocator.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from allocator.serve.runner import JobManager
-from allocator.serve.store import JobStore
+from allocator.serve.store import open_store
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config.root.mkdir(parents=True, exist_ok=True)
-    store = JobStore(config.data_dir / "jobs.sqlite3")
+    store = open_store(config.data_dir, config.database_url)
     manager = JobManager(store, config.data_dir / "jobs", config.slots, run_jobs=config.run_jobs)
     metrics = Metrics(store)
     pool = Pool(config.workers)
@@ -45,6 +45,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         finally:
             manager.stop()
             pool.close()
+            store.close()
 
     offline_docs = docs.assets()
     app = FastAPI(

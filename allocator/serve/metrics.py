@@ -11,13 +11,13 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from allocator.serve.models import FINAL_STATES
-from allocator.serve.store import JobStore
+from allocator.serve.store import JobStore, SqlJobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _JobsCollector:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore | SqlJobStore) -> None:
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -29,7 +29,7 @@ class _JobsCollector:
 
 
 class Metrics:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore | SqlJobStore) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "allocator_http_requests", "HTTP requests", ["method", "route", "status"],

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from allocator.schema.io import atomic_write_text
-from allocator.serve.store import JobStore
+from allocator.serve.store import JobStore, SqlJobStore
 
 POLL_SECONDS = 0.2
 
 
 class JobManager:
-    def __init__(self, store: JobStore, jobs_dir: Path, slots: int, *, run_jobs: bool = True):
+    def __init__(
+        self, store: JobStore | SqlJobStore, jobs_dir: Path, slots: int, *, run_jobs: bool = True
+    ):
         self.store = store
         self.jobs_dir = jobs_dir
         self.slots = slots

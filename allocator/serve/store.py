@@ -117,3 +117,115 @@ class JobStore:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {state: n for state, n in rows}
+
+
+class SqlJobStore:
+    """The same store on SQLAlchemy Core, for a database URL (``--database-url``), e.g.
+    ``postgresql+psycopg://user@host/db``; a ``sqlite:///`` URL works too."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(connection: Any, _: Any) -> None:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+
+        meta = sa.MetaData()
+        self.jobs = sa.Table(
+            "jobs", meta,
+            sa.Column("id", sa.String(64), primary_key=True),
+            sa.Column("owner", sa.String(256), nullable=False),
+            sa.Column("kind", sa.String(32), nullable=False),
+            sa.Column("settings", sa.Text, nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("stage", sa.String(128)),
+            sa.Column("progress", sa.Float, nullable=False, default=0.0),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Column("started_at", sa.Float),
+            sa.Column("finished_at", sa.Float),
+            sa.Column("error", sa.Text),
+            sa.Column("attempts", sa.Integer, nullable=False, default=0),
+            sa.Index("jobs_owner", "owner", "created_at"),
+            sa.Index("jobs_state", "state", "created_at"),
+        )  # fmt: skip
+        meta.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _row(self, row: Any) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        job = dict(row._mapping)
+        job["settings"] = json.loads(job["settings"])
+        return job
+
+    def insert(self, job_id: str, owner: str, kind: str, settings: dict[str, Any]) -> None:
+        with self.engine.begin() as db:
+            db.execute(self.jobs.insert().values(
+                id=job_id, owner=owner, kind=kind, settings=json.dumps(settings), state="queued",
+                progress=0.0, created_at=time.time(), attempts=0,
+            ))  # fmt: skip
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as db:
+            return self._row(db.execute(self.jobs.select().where(self.jobs.c.id == job_id)).first())
+
+    def list(self, owner: str, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = self.jobs.select().where(self.jobs.c.owner == owner)
+        if state is not None:
+            query = query.where(self.jobs.c.state == state)
+        query = query.order_by(self.jobs.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as db:
+            return [job for job in map(self._row, db.execute(query)) if job is not None]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        with self.engine.begin() as db:
+            db.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(**fields))
+
+    def transition(self, job_id: str, from_states: tuple[str, ...], **fields: Any) -> bool:
+        query = (
+            self.jobs.update()
+            .where(self.jobs.c.id == job_id, self.jobs.c.state.in_(from_states))
+            .values(**fields)
+        )
+        with self.engine.begin() as db:
+            return db.execute(query).rowcount == 1
+
+    def delete(self, job_id: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(self.jobs.delete().where(self.jobs.c.id == job_id))
+
+    def next_queued(self) -> str | None:
+        query = (
+            self._sa.select(self.jobs.c.id)
+            .where(self.jobs.c.state == "queued")
+            .order_by(self.jobs.c.created_at)
+            .limit(1)
+        )
+        with self.engine.connect() as db:
+            row = db.execute(query).first()
+        return None if row is None else row[0]
+
+    def ids_in(self, state: str) -> list[str]:
+        query = self._sa.select(self.jobs.c.id).where(self.jobs.c.state == state)
+        with self.engine.connect() as db:
+            return [row[0] for row in db.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        sa = self._sa
+        query = sa.select(self.jobs.c.state, sa.func.count()).group_by(self.jobs.c.state)
+        with self.engine.connect() as db:
+            return {state: n for state, n in db.execute(query)}
+
+
+def open_store(data_dir: Path, database_url: str | None = None) -> JobStore | SqlJobStore:
+    """SQLite in the data directory by default (no set-up); a database URL via SQLAlchemy."""
+    if database_url:
+        return SqlJobStore(database_url)
+    return JobStore(data_dir / "jobs.sqlite3")
