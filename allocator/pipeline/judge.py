@@ -1,0 +1,166 @@
+"""The stages that measure: validation of plan vs uniform on held-out calibration windows, the
+final evaluation on held-out text, and the results' markdown."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from allocator.pipeline.job import Job, Stages
+from allocator.pipeline.settings import _hash
+from allocator.schema import Plan
+from allocator.schema.io import atomic_write_text, save_plan
+
+
+def validate_stage(
+    job: Job, stages: Stages, plan: Plan, candidates: dict[str, Any], keys: dict[str, str]
+) -> dict[str, Any]:
+    """Mean KL of each candidate on held-out calibration windows; picks the plan unless uniform
+    measures better. Writes ``validation.json``."""
+    from allocator.evaluate import evaluate_many
+
+    s = job.settings
+    key = _hash("validate", keys, s.validate_windows, s.seq_len, s.seed, s.bos,
+                job.data_hash("calib"))  # fmt: skip
+    if stages.done("validate", key, "validation.json"):
+        job.log("validate: validation.json is up to date, skipped")
+        return json.loads((stages.out / "validation.json").read_text())
+    ids = job.windows("calib", s.validate_windows, s.seq_len, holdout=True)
+    if job.task == "embedding":
+        from allocator.evaluate.embedding import evaluate_embeddings
+
+        similarity = evaluate_embeddings(candidates, ids, job.loaded.model,
+                                         progress=job.progress, desc="validate")  # fmt: skip
+        kl = {
+            name: 1.0 - similarity[name].cosine for name in candidates
+        }  # 1 - cos, lower is better
+    else:
+        measured = evaluate_many(candidates, ids, job.loaded.model, progress=job.progress,
+                                 desc="validate")  # fmt: skip
+        kl = {name: measured[name].kl for name in candidates}
+    chosen = "plan"
+    if "uniform" in kl and kl["uniform"] is not None and kl["plan"] is not None:
+        chosen = "plan" if kl["plan"] <= kl["uniform"] else "uniform"
+    record = {
+        "windows": int(ids.shape[0]),
+        "seq_len": int(ids.shape[1]),
+        "predicted_loss": plan.predicted_loss,
+        "measured_kl": kl,
+        "metric": "1 - cosine" if job.task == "embedding" else "mean KL",
+        "chosen": chosen,
+    }
+    atomic_write_text(stages.out / "validation.json", json.dumps(record, indent=1) + "\n")
+    stages.mark("validate", key)
+    verdict = "kept" if chosen == "plan" else "NOT better than uniform: falling back to uniform"
+    job.log(f"validate: held-out calibration {record['metric']} " + ", ".join(
+        f"{n} {v:.4f}" for n, v in kl.items() if v is not None) + f"; plan {verdict}")  # fmt: skip
+    return record
+
+
+def install_choice(stages: Stages, chosen: str, plan: Plan) -> None:
+    """``plan.json`` and ``checkpoint/`` become the chosen candidate's (atomic per file/folder)."""
+    import shutil
+
+    save_plan(plan, stages.out / "plan.json")
+    source = stages.out / "candidates" / chosen
+    if not source.is_dir():
+        return
+    target = stages.out / "checkpoint"
+    tmp = stages.out / ".checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def evaluate_stage(
+    job: Job, plan: Plan, candidates: dict[str, Any], plans: dict[str, Plan], chosen: str
+) -> dict:
+    from allocator.evaluate import evaluate_many
+
+    s = job.settings
+    if job.task == "embedding":
+        return _evaluate_embedding_stage(job, candidates, plans, chosen)
+    eval_ids = job.windows("eval", s.eval_windows, s.seq_len)
+    measured = evaluate_many(candidates, eval_ids, job.loaded.model, reference_name="unmodified",
+                             progress=job.progress, desc="evaluate")  # fmt: skip
+    base = measured["unmodified"]
+    rows = [_row("unmodified", 32.0, base.perplexity, 0.0)]
+    labels = {"plan": f"plan ({s.estimator} table, {plan.solver}, {s.method})",
+              "uniform": f"uniform {plans['uniform'].assignments[0].option.key} ({s.method})"
+              if "uniform" in plans else "uniform",
+              "llama": f"llama.cpp Q4_K_M-style rule, g128 ({s.method})"}  # fmt: skip
+    for name in candidates:
+        label = labels[name] + (" [chosen]" if name == chosen and len(candidates) > 1 else "")
+        rows.append(_row(label, plans[name].avg_bits, measured[name].perplexity,
+                         measured[name].kl))  # fmt: skip
+    return {"settings": s.model_dump(), "rows": rows, "predicted_loss": plan.predicted_loss,
+            "budget": s.budget, "chosen": chosen, "bos": bool(eval_ids.shape[1] and _starts_with_bos(job, eval_ids)),
+            "eval_windows": int(eval_ids.shape[0]), "seq_len": int(eval_ids.shape[1])}  # fmt: skip
+
+
+def _evaluate_embedding_stage(
+    job: Job, candidates: dict[str, Any], plans: dict[str, Plan], chosen: str
+) -> dict:
+    """Encoders: cosine of pooled sentence embeddings and last-hidden MSE vs the original."""
+    from allocator.evaluate.embedding import evaluate_embeddings, text_batches
+
+    s = job.settings
+    ids, mask = text_batches(job.loaded.tokenizer, job.text("eval"), n_texts=s.eval_windows)
+    measured = evaluate_embeddings(candidates, ids, job.loaded.model, attention_mask=mask,
+                                   progress=job.progress, desc="evaluate")  # fmt: skip
+    rows = [{"method": "unmodified", "avg_bits": 32.0, "cosine": 1.0, "cosine_min": 1.0,
+             "relative_mse": 0.0}]  # fmt: skip
+    for name, result in measured.items():
+        label = f"{name} ({plans[name].solver}, {s.method})"
+        label += " [chosen]" if name == chosen and len(candidates) > 1 else ""
+        rows.append({"method": label, "avg_bits": plans[name].avg_bits, "cosine": result.cosine,
+                     "cosine_min": result.cosine_min, "relative_mse": result.relative_mse})  # fmt: skip
+    return {"settings": s.model_dump(), "task": "embedding", "rows": rows,
+            "predicted_loss": plans["plan"].predicted_loss, "budget": s.budget, "chosen": chosen,
+            "eval_texts": int(ids.shape[0])}  # fmt: skip
+
+
+def _starts_with_bos(job: Job, ids: Any) -> bool:
+    bos = getattr(job.loaded.tokenizer, "bos_token_id", None)
+    return bos is not None and bool((ids[:, 0] == bos).all())
+
+
+def _row(name: str, bits: float, ppl: float, kl: float | None) -> dict[str, Any]:
+    return {"method": name, "avg_bits": bits, "perplexity": ppl, "kl": kl}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    if results.get("task") == "embedding":
+        return _embedding_markdown(results)
+    lines = [f"# allocator run: budget {results['budget']} bits/weight", "",
+             "| method | avg bits | perplexity | KL vs original |", "|---|---|---|---|"]  # fmt: skip
+    for r in results["rows"]:
+        kl = "-" if r["kl"] is None else f"{r['kl']:.4f}"
+        lines.append(f"| {r['method']} | {r['avg_bits']:.3f} | {r['perplexity']:.2f} | {kl} |")
+    windows = results.get("eval_windows")
+    if windows:
+        bos = ", each starting with BOS" if results.get("bos") else ""
+        lines += ["", f"Evaluation: {windows} held-out windows x {results['seq_len']} tokens{bos}."]
+    validation = results.get("validation")
+    if validation:
+        kl = ", ".join(
+            f"{n} {v:.4f}" for n, v in validation["measured_kl"].items() if v is not None
+        )
+        lines.append(
+            f"Validation on {validation['windows']} held-out calibration windows, mean KL: {kl}; "
+            f"predicted loss {validation['predicted_loss']:.4g}; chosen: {validation['chosen']}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _embedding_markdown(results: dict[str, Any]) -> str:
+    lines = [f"# allocator run: budget {results['budget']} bits/weight (embedding model)", "",
+             "| method | avg bits | mean cosine | worst cosine | relative MSE |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['avg_bits']:.3f} | {r['cosine']:.4f} | "
+                     f"{r['cosine_min']:.4f} | {r['relative_mse']:.4f} |")  # fmt: skip
+    lines += ["", f"Evaluation: {results['eval_texts']} held-out passages, pooled embeddings vs the "
+              "original model."]  # fmt: skip
+    return "\n".join(lines) + "\n"
