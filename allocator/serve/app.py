@@ -44,8 +44,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             yield
         finally:
             manager.stop()
-            pool.close()
-            store.close()
+            pool.close()  # the store stays open: a test client may run the lifespan again
 
     offline_docs = docs.assets()
     app = FastAPI(

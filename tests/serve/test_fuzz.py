@@ -17,7 +17,7 @@ from allocator.serve.app import create_app  # noqa: E402
 from allocator.serve.config import ServeConfig  # noqa: E402
 from tests.serve.conftest import ALICE, KEYS  # noqa: E402
 
-EXAMPLES_PER_ROUTE = 6
+EXAMPLES_PER_ROUTE = 5
 
 _tmp = Path(tempfile.mkdtemp(prefix="allocator-fuzz-"))
 # jobs are stored but never started: the fuzzer exercises the API, not the workers
