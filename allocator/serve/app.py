@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import TypeAdapter
 
 from allocator import __version__
 from allocator.serve import docs, errors
@@ -79,10 +80,12 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 routes=app.routes, separate_input_output_schemas=False,
             )  # fmt: skip
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in routes_sync.RAW_BODIES:  # bodies read raw: add their schemas
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            raw_bodies = [(m.__name__, TypeAdapter(m)) for m in routes_sync.RAW_BODIES]
+            raw_bodies.append(("JobRequest", routes_jobs.JOB_REQUEST))
+            for name, adapter in raw_bodies:  # bodies read raw: add their schemas
+                body = adapter.json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
+                components[name] = body
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -7,13 +7,16 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from pydantic import TypeAdapter, ValidationError
 from starlette.background import BackgroundTask
 
 from allocator.errors import InputError
+from allocator.schema.io import describe_validation_error
 from allocator.serve.auth import owner_of
 from allocator.serve.errors import ApiError
 from allocator.serve.limits import check_table
@@ -83,13 +86,17 @@ def _own(request: Request, job_id: str, owner: str) -> dict[str, Any]:
     return job
 
 
-@router.post("", response_model=JobView, status_code=201, responses=ERRORS)
-async def submit(
-    request: Request, job: Annotated[JobRequest, Body()], owner: str = Depends(owner_of)
-) -> JobView:
+JOB_REQUEST = TypeAdapter(JobRequest)
+JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/JobRequest"}}}}}  # fmt: skip
+
+
+@router.post("", response_model=JobView, status_code=201, responses=ERRORS, openapi_extra=JOB_BODY)
+async def submit(request: Request, owner: str = Depends(owner_of)) -> JobView:
     """Queue a job of one kind (solve, pareto, profile, apply, eval, run, export)."""
     config = request.app.state.config
     manager = request.app.state.manager
+    raw = await request.body()
 
     def finished_job(job_id: str) -> Path:
         found = _own(request, job_id, owner)
@@ -99,8 +106,15 @@ async def submit(
             )
         return manager.folder(job_id) / "out"
 
-    settings = _confined(job.settings, config.root, config.max_table_cells, finished_job)
-    job_id = manager.submit(owner, job.kind, settings)
+    def accept() -> str:  # on a thread: a big table's parsing never holds up the event loop
+        try:
+            job = JOB_REQUEST.validate_json(raw)
+        except ValidationError as exc:
+            raise InputError(describe_validation_error(exc, "request")) from None
+        settings = _confined(job.settings, config.root, config.max_table_cells, finished_job)
+        return manager.submit(owner, job.kind, settings)
+
+    job_id = await run_in_threadpool(accept)
     return view(request, manager.store.get(job_id))
 
 
@@ -143,7 +157,7 @@ async def retry(request: Request, job_id: str, owner: str = Depends(owner_of)) -
 async def delete(request: Request, job_id: str, owner: str = Depends(owner_of)) -> None:
     """Cancel (when running) and remove the job with its artifacts."""
     _own(request, job_id, owner)
-    request.app.state.manager.delete(job_id)
+    await run_in_threadpool(request.app.state.manager.delete, job_id)
 
 
 def _artifact_root(request: Request, job_id: str) -> Path:

@@ -115,7 +115,7 @@ def test_job_lifecycle_and_isolation(client: TestClient, example: dict[str, Any]
     response = client.post("/v1/jobs", json={"kind": "solve", "settings": example}, headers=ALICE)
     assert response.status_code == 201, response.text
     job = response.json()
-    assert job["state"] == "queued" and job["kind"] == "solve" and job["progress"] == 0
+    assert job["state"] in ("queued", "running") and job["kind"] == "solve"
     job = wait(client, job["id"], ALICE)
     assert job["state"] == "succeeded" and job["progress"] == 1 and job["error"] is None
     assert job["started_at"] >= job["created_at"] and job["finished_at"] >= job["started_at"]
