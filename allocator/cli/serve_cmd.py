@@ -42,6 +42,13 @@ def register(app: typer.Typer) -> None:
                 "(default: SQLite in --data-dir)"
             ),
         ] = None,
+        ray: Annotated[
+            str | None,
+            typer.Option(
+                help="run jobs as Ray tasks: 'local' (start Ray here), 'auto' (join the running "
+                "cluster) or a cluster address; --data-dir must be shared by every node"
+            ),
+        ] = None,
         keys_file: Annotated[
             Path | None,
             typer.Option(help="API keys, 'name:key' per line (also $ALLOCATOR_API_KEYS)"),
@@ -67,7 +74,7 @@ def register(app: typer.Typer) -> None:
                 "(--keys-file or $ALLOCATOR_API_KEYS)"
             )
         config = ServeConfig(
-            workers=workers, keys=keys, max_body_bytes=max_body_bytes, database_url=database_url,
+            workers=workers, keys=keys, max_body_bytes=max_body_bytes, database_url=database_url, ray=ray,
             max_table_cells=max_table_cells,
             **({"data_dir": data_dir} if data_dir else {}),
             **({"data_root": data_root} if data_root else {}),

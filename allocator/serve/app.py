@@ -34,7 +34,15 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config.root.mkdir(parents=True, exist_ok=True)
     store = open_store(config.data_dir, config.database_url)
-    manager = JobManager(store, config.data_dir / "jobs", config.slots, run_jobs=config.run_jobs)
+    launcher = None
+    if config.ray and config.run_jobs:
+        from allocator.serve.launch import RayLauncher
+
+        launcher = RayLauncher(config.ray)
+    manager = JobManager(
+        store, config.data_dir / "jobs", config.slots, run_jobs=config.run_jobs,
+        launcher=launcher,
+    )  # fmt: skip
     metrics = Metrics(store)
     pool = Pool(config.workers)
 

@@ -29,6 +29,7 @@ class ServeConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     data_root: Path | None = None
     database_url: str | None = None
+    ray: str | None = None  # "local", "auto" or a Ray cluster address: jobs run as Ray tasks
     workers: int = 2
     job_slots: int | None = None
     keys: dict[str, str] = field(default_factory=dict)

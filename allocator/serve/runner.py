@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator.schema.io import atomic_write_text
+from allocator.serve.launch import Handle, LocalLauncher
 from allocator.serve.store import JobStore, SqlJobStore
 
 POLL_SECONDS = 0.2
@@ -26,13 +23,15 @@ POLL_SECONDS = 0.2
 
 class JobManager:
     def __init__(
-        self, store: JobStore | SqlJobStore, jobs_dir: Path, slots: int, *, run_jobs: bool = True
-    ):
+        self, store: JobStore | SqlJobStore, jobs_dir: Path, slots: int, *,
+        run_jobs: bool = True, launcher: Any = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.jobs_dir = jobs_dir
-        self.slots = slots
+        self.launcher = launcher or LocalLauncher(slots)
+        self.slots = self.launcher.slots
         self.run_jobs = run_jobs
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs: dict[str, Handle] = {}
         self._cancelling: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -118,9 +117,8 @@ class JobManager:
             return len(self._procs)
 
     # --- the scheduler thread ----------------------------------------------------------------
-    def _kill(self, proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    def _kill(self, proc: Handle) -> None:
+        proc.kill()
 
     def _launch(self, job_id: str) -> None:
         folder = self.folder(job_id)
@@ -135,14 +133,10 @@ class JobManager:
             return
         with contextlib.suppress(FileNotFoundError):
             (folder / "result.json").unlink()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "allocator.serve.worker", str(folder), str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        proc = self.launcher.launch(folder, job["kind"], job["settings"])
         self._procs[job_id] = proc
 
-    def _finish(self, job_id: str, proc: subprocess.Popen[bytes]) -> None:
+    def _finish(self, job_id: str, proc: Handle) -> None:
         folder = self.folder(job_id)
         now = time.time()
         if job_id in self._cancelling:
@@ -152,7 +146,7 @@ class JobManager:
         try:
             result = json.loads((folder / "result.json").read_text())
         except (OSError, ValueError):
-            result = {"ok": False, "error": f"the worker exited with code {proc.returncode}"}
+            result = {"ok": False, "error": f"the worker exited with code {proc.poll()}"}
         if result.get("ok"):
             self.store.transition(
                 job_id, ("running",), state="succeeded", stage="done", progress=1.0,
