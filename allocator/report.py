@@ -312,8 +312,8 @@ def report_run_folder(folder: str | Path, log: Any = print) -> Path | None:
             inputs["plan"], inputs.get("table"), inputs.get("results"), inputs.get("validation"),
             title=f"allocator run {Path(folder).name}", png=True,
         )  # fmt: skip
-    except InputError as exc:
-        log(f"report: skipped ({exc})")
+    except Exception as exc:  # a report must never fail the run it describes
+        log(f"report: skipped ({type(exc).__name__}: {exc})")
         return None
     write_report(report, Path(folder) / "report.html")
     log(f"report: wrote {Path(folder) / 'report.html'}")

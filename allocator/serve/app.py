@@ -6,8 +6,8 @@
 - ``/v1/health``, ``/v1/ready``, ``/v1/solvers``, ``/v1/schema/{name}``, ``/metrics``;
 - ``/openapi.json`` and the interactive docs at ``/docs``; the web page at ``/`` and ``/jobs``.
 Module map: config (settings, keys), models (bodies), auth, limits, errors, compute (pool),
-store (SQLite), runner (scheduler), worker (one job), metrics, routes_sync, routes_jobs,
-web (the page at / and /jobs, figures).
+store (SQLite or SQLAlchemy), runner (scheduler), launch (local process or Ray task), worker
+(one job), metrics, routes_sync, routes_jobs, web (the page at / and /jobs, figures), docs.
 """
 
 from __future__ import annotations
