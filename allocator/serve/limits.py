@@ -1,5 +1,6 @@
 """Size limits: request bodies (checked from Content-Length and while streaming) and tables
-(units x options cells), each answered with 413 naming the limit and the option that sets it."""
+(units x options cells), each answered with 413 naming the limit and the option that sets it.
+Bodies must be JSON (415 otherwise), so a cross-site form post cannot reach the API."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        has_body = (declared not in (None, b"0")) or b"transfer-encoding" in headers
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["method"] in ("POST", "PUT", "PATCH") and has_body and kind != b"application/json":
+            # JSON only: a cross-site form or text/plain post (no CORS preflight) is refused
+            shown = kind.decode("latin-1")[:80] or "none"
+            message = f"Content-Type {shown!r}: send the body as application/json"
+            await error_response(415, message)(scope, receive, send)
+            return
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(int(declared))(scope, receive, send)
             return

@@ -79,6 +79,11 @@ def test_error_statuses(client: TestClient, example: dict[str, Any]) -> None:
     tiny = Constraints(budget=Budget(avg_bits=1.0)).model_dump(mode="json")
     response = client.post("/v1/solve", json={**example, "constraints": tiny}, headers=ALICE)
     assert response.status_code == 422 and response.json()["min_size_bits"] > 0
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):  # no CSRF by forms
+        headers = {**ALICE, **({"Content-Type": kind} if kind else {})}
+        for route in ("/v1/solve", "/v1/jobs"):
+            response = client.post(route, content=b'{"kind": "solve"}', headers=headers)
+            assert response.status_code == 415, (kind, route, response.text)
     response = client.post("/v1/solve", json={**example, "extra": 1}, headers=ALICE)
     assert response.status_code == 400 and "extra" in response.json()["error"]
 
