@@ -4,7 +4,9 @@ Both run the same command, ``python -m allocator.serve.worker JOB_DIR PARENT_PID
 behaves the same wherever it runs. With Ray the worker process is a child of a Ray task that
 asks for the job's resources (a GPU for profile/apply/eval/run jobs on ``cuda``); Ray queues
 and places the tasks, cancelling is ``ray.cancel(force=True)`` (the worker dies with its task),
-and the data directory must be a path every Ray node sees (a shared filesystem)."""
+and the data directory must be a path every Ray node sees (a shared filesystem). A Ray task
+outlives a killed server; the restarted server's task for the same job waits on the job's lock
+and then resumes from what the first one journaled."""
 
 from __future__ import annotations
 
