@@ -23,6 +23,16 @@ from tests.serve.conftest import ALICE, make_client, wait
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _as_postgres(command: list[str]) -> list[str]:
     if os.geteuid() == 0:  # initdb refuses root: run as the package's 'postgres' user
         return ["runuser", "-u", "postgres", "--", *command]
@@ -34,8 +44,8 @@ def postgres_url() -> Iterator[str]:
     pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]'")
     if not INITDB:
         pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser")
+    if os.geteuid() == 0 and (shutil.which("runuser") is None or not _user_exists("postgres")):
+        pytest.skip("running as root without runuser or a 'postgres' user to run initdb as")
     bindir = Path(INITDB[-1]).parent
     folder = Path(tempfile.mkdtemp(prefix="allocator-pg-"))  # pytest's tmp is root-only
     folder.chmod(0o777)
@@ -43,12 +53,15 @@ def postgres_url() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
-                                 "postgres"]), check=True, capture_output=True)  # fmt: skip
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                                 str(folder / "log"), "-w", "start"]), check=True,
-                   capture_output=True)  # fmt: skip
+    start = [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"),
+             "-w", "start"]  # fmt: skip
+    for command in (initdb, start):
+        done = subprocess.run(_as_postgres(command), capture_output=True, text=True)
+        if done.returncode != 0:  # an environment without a usable server: say why, skip
+            shutil.rmtree(folder, ignore_errors=True)
+            pytest.skip(f"could not start PostgreSQL ({command[0]}): {done.stderr[-300:]}")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
