@@ -102,14 +102,15 @@ def text_windows(tokenizer: Any, name: str, seq_len: int, n: int) -> Any:
 
 def evaluate_result(model: Any, spec: str, seq_len: int, n_windows: int) -> dict[str, Any]:
     """Perplexity and KL of ``model`` vs the unmodified fp32 model, as ``allocator run`` does."""
-    from allocator.evaluate import evaluate
+    from allocator.evaluate import evaluate_many
     from allocator.models.loader import load_model
 
     loaded = load_model(spec)
     windows = text_windows(loaded.tokenizer, HELD_OUT, seq_len, n_windows)
     began = time.perf_counter()
-    reference = evaluate(loaded.model, windows, progress=False)
-    result = evaluate(model, windows, loaded.model, progress=False)
+    both = evaluate_many({"tool": model}, windows, loaded.model, reference_name="unmodified",
+                         progress=False)  # fmt: skip
+    result, reference = both["tool"], both["unmodified"]
     return {
         "perplexity": result.perplexity,
         "kl": result.kl,
@@ -356,16 +357,18 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _allocator_rows(model: str) -> list[str]:
+    """Rows of ``allocator run``'s default job (benchmarks/models.py), where present."""
     rows = []
     for path in sorted(MODEL_RESULTS.glob(f"{model}@*.json")):
         rec = json.loads(path.read_text())
         for row in rec["rows"]:
-            if row["method"] in ("plan", "allocator", "allocator plan") or "plan" in row["method"]:
-                rows.append(
-                    f"| allocator run (default) | {rec['budget']} | {row['method']} | "
-                    f"{row['avg_bits']:.3f} | {row['perplexity']:.2f} | {_fmt(row['kl'], '.4f')} | "
-                    f"{rec.get('run_seconds', '-')} | - | ok |"
-                )
+            if row["method"] == "unmodified":
+                continue
+            rows.append(
+                f"| allocator run default: {row['method']} | {rec['budget']} | "
+                f"benchmarks/models.py | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | "
+                f"{_fmt(row['kl'], '.4f')} | {rec.get('run_seconds', '-')} (whole job) | - | ok |"
+            )
     return rows
 
 
@@ -387,14 +390,16 @@ def table(model: str = typer.Option("smollm2"), out: str = typer.Option(str(RESU
     for path in sorted(Path(out).glob("*.json")):
         rec = json.loads(path.read_text())
         settings = ", ".join(f"{k}={v}" for k, v in rec.get("settings", {}).items())
-        status = "ok" if rec["status"] == "ok" else f"**error**: `{rec['error'][:300]}`"
+        status = "ok" if rec["status"] == "ok" else f"**{rec['status']}**: {rec['error']}"
         lines.append(
             f"| {rec['tool']} | {rec['budget']} | {rec['package']}; {settings} | "
             f"{_fmt(rec.get('real_avg_bits'), '.3f')} | {_fmt(rec.get('perplexity'), '.2f')} | "
             f"{_fmt(rec.get('kl'), '.4f')} | {rec.get('wall_seconds', '-')} | "
             f"{rec.get('peak_rss_mb', '-')} | {status} |"
         )
-    lines += _allocator_rows(model)
+    allocator = _allocator_rows(model)
+    lines += allocator or [f"| allocator run default | - | results/models/{model}@*.json not "
+                           "written yet | - | - | - | - | - | not run here |"]  # fmt: skip
     target = Path(out).parent / "peers.md"
     target.write_text("\n".join(lines) + "\n")
     print(f"wrote {target}")
