@@ -8,9 +8,12 @@ kinds and depth), and every unit's loss for option ``o`` is multiplied by
 
     factor_o = geomean over sample units u of  KL_measured[u, o] / loss_predicted[u, o],
 
-clipped to ``[1/MAX_FACTOR, MAX_FACTOR]``. The table's ranking of units within an option is
-kept; what changes is how options compare, on the KL scale (nats per token). Sample units keep
-their measured rows. Measurements are journaled unit by unit next to the estimator's journal.
+clipped to ``[1/MAX_FACTOR, MAX_FACTOR]``. To keep the cost down, options that differ only in
+a finite group size form one family measured at its group size nearest 128, and share its
+factor (the quadratic estimate errs alike across group sizes; per-channel scales form their own
+family). The table's ranking of units within an option is kept; what changes is how options
+compare, on the KL scale (nats per token). Sample units keep their measured rows.
+Measurements are journaled unit by unit next to the estimator's journal.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from allocator.profile.journal import Journal
+from allocator.schema.option import Option
 from allocator.schema.unit import Unit
 
 MAX_FACTOR = 1000.0
@@ -42,6 +46,24 @@ def sample_units(units: Sequence[Unit], n: int) -> list[Unit]:
             pool = [u for u in units if u not in chosen]
         depth = (index + 0.5) / max(n, 1)
         chosen.append(pool[min(int(depth * len(pool)), len(pool) - 1)])
+    return chosen
+
+
+def _family(option: Option) -> tuple[object, ...]:
+    grouped = option.group_size is not None
+    return (option.bits, option.sparsity, option.sparsity_pattern, option.nm, option.method,
+            option.symmetric, grouped)  # fmt: skip
+
+
+def representatives(options: Sequence[Option]) -> dict[str, Option]:
+    """Option key -> the option measured for its family (itself for per-channel and fp16)."""
+    families: dict[tuple[object, ...], list[Option]] = {}
+    for option in options:
+        families.setdefault(_family(option), []).append(option)
+    chosen = {}
+    for members in families.values():
+        best = min(members, key=lambda o: abs(math.log2((o.group_size or 128) / 128)))
+        chosen.update({o.key: best for o in members})
     return chosen
 
 
@@ -74,15 +96,18 @@ def calibrate_options(
     units = sample_units(ctx.units, n_units)
     meter = KLMeter(ctx, ctx.input_ids[:windows, :seq_len])
     journal = _journal(ctx)
+    stand_in = representatives(ctx.options)
+    probes = list({o.key: o for o in stand_in.values()}.values())
     measured: dict[str, dict[str, float]] = {}
     for unit in tqdm(units, desc="option calibration", unit="unit", disable=not ctx.progress):
         if journal is not None and unit.name in journal.done:
             measured[unit.name] = journal.done[unit.name]
             continue
-        measured[unit.name] = meter.measure_options(unit, ctx.options)
+        measured[unit.name] = meter.measure_options(unit, probes)
         if journal is not None:
             journal.append(unit.name, measured[unit.name])
-    factors = option_factors(losses, measured)
+    family_factors = option_factors(losses, measured)
+    factors = {o.key: family_factors.get(stand_in[o.key].key, 1.0) for o in ctx.options}
     corrected = {
         name: {key: value * factors.get(key, 1.0) for key, value in row.items()}
         for name, row in losses.items()
@@ -95,6 +120,7 @@ def calibrate_options(
         "units": [u.name for u in units],
         "windows": windows,
         "seq_len": seq_len,
+        "measured_options": [o.key for o in probes],
         "factors": factors,
     }
     return corrected, report

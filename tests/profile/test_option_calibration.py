@@ -52,3 +52,15 @@ def test_calibrated_table_keeps_measured_rows(tiny_model, tiny_ids, tmp_path) ->
         settings={"calibration_units": 2, "calibration_windows": 2, "calibration_seq_len": 16},
     )  # fmt: skip
     assert again.losses == corrected.losses
+
+
+def test_group_sizes_share_one_measured_option_per_family() -> None:
+    from allocator.profile.option_calibration import representatives
+    from allocator.profile.options import parse_options
+
+    grid = parse_options("bits=2,4 group=64,128,256,c sparsity=0,0.5")
+    chosen = representatives(grid)
+    probes = {o.key for o in chosen.values()}
+    assert len(probes) == 8  # (2 bits) x (2 sparsities) x (grouped at g128, per-channel)
+    assert all(o.group_size in (128, None) for o in chosen.values())
+    assert chosen["b4-g64"].key == "b4-g128"
