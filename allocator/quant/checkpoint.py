@@ -27,6 +27,7 @@ from torch import nn
 
 from allocator.errors import InputError
 from allocator.models.loader import LoadedModel
+from allocator.models.trust import dtype_named, model_class_named
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.io import load_plan, save_plan
 from allocator.schema.plan import Plan
@@ -226,15 +227,14 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 def _build_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     """The saved model's class built from its config (Auto class by the config when the class
     was not recorded), optional submodules it lacked removed, prepared as ``apply`` saw it."""
-    import transformers
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from allocator.models.adapters import prepare_model
     from allocator.models.loader import is_encoder_config
 
     config = AutoConfig.from_pretrained(folder)
-    dtype = getattr(torch, meta.get("dtype", "float32"))
-    model_class = getattr(transformers, meta.get("model_class") or "", None)
+    dtype = dtype_named(meta.get("dtype", "float32"), where=f"{folder}: dtype")
+    model_class = model_class_named(meta.get("model_class"), where=f"{folder}: model_class")
     if model_class is not None and hasattr(model_class, "_from_config"):
         model = model_class._from_config(config, dtype=dtype)
     else:
@@ -244,9 +244,16 @@ def _build_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
         for child in [k for k in model._modules if k not in meta["children"]]:
             setattr(model, child, None)
     prepare_model(model)
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     for name, layout in meta["units"].items():
         if layout.get("fp16"):
             continue
+        if name not in linears:
+            raise InputError(
+                f"{folder}: unit {str(name)[:80]!r} names no linear layer of the "
+                f"{type(model).__name__} built from its config; the checkpoint is damaged or "
+                "was made for another model"
+            )
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantLinear(layout))
@@ -262,7 +269,7 @@ def load_checkpoint(folder: str | os.PathLike[str], *, device: str = "cpu") -> L
     meta = _read_meta(path)
     model = _build_model(path, meta)
     state = _read_safetensors(path / REST_FILE)
-    dtype = getattr(torch, meta.get("dtype", "float32"))
+    dtype = dtype_named(meta.get("dtype", "float32"), where=f"{path}: dtype")
     for key, tensor in _read_safetensors(path / PACKED_FILE).items():
         unit = key.rpartition(".")[0]
         fp16_unit = meta["units"].get(unit, {}).get("fp16")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from allocator.models.trust import dtype_named
 from allocator.quant.compress import CompressedWeight, compress
 from allocator.quant.packing import PackedWeight, pack_weight
 from allocator.quant.sparse_storage import SparsePackedWeight, pack_sparse
@@ -65,7 +66,7 @@ class QuantLinear(nn.Module):
         if info.get("bias"):
             specs["bias"] = (
                 (self.out_features,),
-                getattr(torch, info.get("bias_dtype", "float32")),
+                dtype_named(info.get("bias_dtype", "float32"), where="QuantLinear bias_dtype"),
             )
         return specs
 
