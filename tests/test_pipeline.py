@@ -201,6 +201,8 @@ def test_run_on_smollm2_smoke(tmp_path: Path) -> None:
         eval_windows=2,
         seq_len=128,
         compare_uniform=False,
+        calibrate_options=False,
+        validate_windows=2,
         method="rtn",
         budget=4.5,
     )
