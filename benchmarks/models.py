@@ -45,7 +45,8 @@ def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
     record = {"model": model, "budget": budget, "calib": calib, "eval": held_out, "rows": rows,
               "validation": results.get("validation"), "run_seconds": round(seconds, 1),
               "eval_windows": results.get("eval_windows"), "seq_len": results.get("seq_len"),
-              "bos": results.get("bos")}  # fmt: skip
+              "bos": results.get("bos"),
+              "calibrate_options": settings.calibrate_options}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -64,6 +65,11 @@ def markdown(records: list[dict[str, object]]) -> str:
             lines.append(
                 f"| {row['method']} | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | {kl} |"
             )
+        if rec.get("calibrate_options"):
+            lines += [
+                "",
+                "Run with `--calibrate-options` (the default when this row was measured).",
+            ]
         val = rec.get("validation")
         if val:
             lines.append("")

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         compare_uniform: bool = typer.Option(True, help="also evaluate uniform at the same size"),
         calibrate_options: bool = typer.Option(
-            True, help="correct each option's losses by measured KL on a few sample units"
+            False, help="correct each option's losses by measured KL on a few sample units"
         ),
         validate: bool = typer.Option(
             True, help="measure plan vs uniform on held-out calibration windows; keep the better"

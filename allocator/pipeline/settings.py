@@ -34,7 +34,7 @@ class RunSettings(BaseModel):
     eval_text: list[str] | None = None
     compare_uniform: bool = True
     compare_llama: bool = False
-    calibrate_options: bool = True
+    calibrate_options: bool = False
     validate_plan: bool = True
     validate_windows: int = Field(default=8, ge=1)
     bos: bool | None = None
