@@ -7,6 +7,8 @@ and full masks really differ.
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -156,3 +158,98 @@ def tiny_model(family: str = "llama", seed: int = 0) -> Any:
 def tiny_ids(n: int = 4, seq_len: int = 24, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, VOCAB, (n, seq_len), generator=generator)
+
+
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "was",
+    "her",
+    "she",
+    "he",
+    "it",
+    "had",
+    "that",
+    "with",
+    "for",
+    "as",
+    "not",
+    "be",
+    "his",
+    "my",
+    "you",
+    "on",
+    "at",
+    "but",
+    "by",
+    "this",
+    "which",
+    "all",
+    "so",
+    "have",
+    "from",
+    "were",
+    "they",
+    "no",
+    "would",
+    "been",
+    "could",
+    "very",
+    "mister",
+    "elinor",
+    "marianne",
+    "lady",
+    "house",
+    "sister",
+    "mother",
+    "time",
+    "every",
+    "little",
+    "think",
+    "know",
+    "said",
+    "much",
+    "own",
+    "more",
+]
+
+
+def sample_text(seed: int, n_words: int = 6000) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while sum(len(s.split()) for s in sentences) < n_words:
+        sentences.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + ".")
+    return " ".join(sentences)
+
+
+def save_tiny_model(root: Path, layers: int = 4) -> dict[str, Path]:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    calib = root / "calib.txt"
+    calib.write_text(sample_text(1))
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([calib.read_text()], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=128,
+    )  # fmt: skip
+    folder = root / "model"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {"model": folder, "calib": calib}

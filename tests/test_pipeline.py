@@ -3,114 +3,23 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from allocator.cli.main import main
 from allocator.pipeline import RunSettings, run
-
-WORDS = [
-    "the",
-    "a",
-    "of",
-    "and",
-    "to",
-    "in",
-    "was",
-    "her",
-    "she",
-    "he",
-    "it",
-    "had",
-    "that",
-    "with",
-    "for",
-    "as",
-    "not",
-    "be",
-    "his",
-    "my",
-    "you",
-    "on",
-    "at",
-    "but",
-    "by",
-    "this",
-    "which",
-    "all",
-    "so",
-    "have",
-    "from",
-    "were",
-    "they",
-    "no",
-    "would",
-    "been",
-    "could",
-    "very",
-    "mister",
-    "elinor",
-    "marianne",
-    "lady",
-    "house",
-    "sister",
-    "mother",
-    "time",
-    "every",
-    "little",
-    "think",
-    "know",
-    "said",
-    "much",
-    "own",
-    "more",
-]
-
-
-def _text(seed: int, n_words: int = 6000) -> str:
-    rng = random.Random(seed)
-    sentences = []
-    while sum(len(s.split()) for s in sentences) < n_words:
-        sentences.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + ".")
-    return " ".join(sentences)
+from tests.helpers import sample_text, save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A random 2-block Llama with a byte-level BPE tokenizer, saved as a HF folder."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("tiny")
-    calib, held_out = root / "calib.txt", root / "eval.txt"
-    calib.write_text(_text(1))
-    held_out.write_text(_text(2))
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator([calib.read_text()], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    folder = root / "model"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return {"model": folder, "calib": calib, "eval": held_out}
+    saved = save_tiny_model(root, layers=2)
+    held_out = root / "eval.txt"
+    held_out.write_text(sample_text(2))
+    return {"model": saved["model"], "calib": saved["calib"], "eval": held_out}
 
 
 def _settings(tiny: dict[str, Path], **overrides: object) -> RunSettings:
