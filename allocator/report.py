@@ -53,7 +53,7 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as exc:
         raise InputError(
-            "report: matplotlib is not installed; pip install 'allocator[report]'"
+            "report: matplotlib is not installed; pip install 'llm-bit-allocator[report]'"
         ) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

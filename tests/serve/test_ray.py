@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="pip install 'allocator[ray]'")
+ray = pytest.importorskip("ray", reason="pip install 'llm-bit-allocator[ray]'")
 
 from tests.serve.conftest import ALICE, make_client, wait  # noqa: E402
 

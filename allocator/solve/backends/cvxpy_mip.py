@@ -34,7 +34,7 @@ def _import_cvxpy() -> Any:
         import scipy.sparse
     except ImportError:
         raise UnsupportedError(
-            "the cvxpy solvers need cvxpy: pip install 'allocator[solvers]', or use solver 'ilp'"
+            "the cvxpy solvers need cvxpy: pip install 'llm-bit-allocator[solvers]', or use solver 'ilp'"
         ) from None
     del scipy
     return cvxpy

@@ -57,7 +57,7 @@ def _import_pulp():
         import pulp
     except ImportError:
         raise UnsupportedError(
-            "the pulp solvers need PuLP: pip install 'allocator[solvers]', or use solver 'ilp'"
+            "the pulp solvers need PuLP: pip install 'llm-bit-allocator[solvers]', or use solver 'ilp'"
         ) from None
     return pulp
 
