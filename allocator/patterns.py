@@ -9,12 +9,16 @@ characters (matching cost grows with the pattern too), and errors never echo mor
 prefix of the pattern.
 
 Semantics are those of ``re.search`` on the unit's full name: anchor with ``^...$`` for exact
-names.
+names. ``exact_name_patterns`` builds the compact anchored patterns that exports and target rules
+write for a list of unit names.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Protocol
 
 from allocator.errors import InputError
@@ -95,3 +99,57 @@ def search(pattern: str, names: list[str], where: str = "pattern") -> list[str]:
     """Names in which ``pattern`` finds a match, in the given order."""
     regex = compile_pattern(pattern, where)
     return [n for n in names if regex.search(n) is not None]
+
+
+# --- building patterns: exact-name regexes (export configs, target rules) -----------------
+
+_INDEX_RE = re.compile(r"\.(\d+)\.")
+
+
+def exact_names_regex(names: Iterable[str]) -> str:
+    """An unanchored regex matching exactly the given names and nothing else once anchored.
+
+    Names that differ only in one ``.{index}.`` component share one alternation, e.g.
+    ``model\\.layers\\.(?:0|12)\\.mlp\\.down_proj``. Anchor the result (``^(?:...)$`` or
+    ``re.fullmatch``) before use: unanchored, ``layers.1`` would also match ``layers.12``.
+    """
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    singles: list[str] = []
+    for name in sorted(set(names)):
+        match = _INDEX_RE.search(name)
+        if match:
+            key = (name[: match.start(1)], name[match.end(1) :])
+            groups[key].append(match.group(1))
+        else:
+            singles.append(name)
+    parts = []
+    for (prefix, suffix), indices in sorted(groups.items()):
+        ordered = sorted(set(indices), key=int)
+        alt = ordered[0] if len(ordered) == 1 else "(?:" + "|".join(ordered) + ")"
+        parts.append(re.escape(prefix) + alt + re.escape(suffix))
+    parts.extend(re.escape(s) for s in singles)
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+
+def exact_name_patterns(names: Iterable[str], max_chars: int | None = None) -> list[str]:
+    """Anchored patterns (``anchored(exact_names_regex(chunk))``) that together match exactly
+    ``names``, each at most ``max_chars`` long (default: ``MAX_PATTERN_CHARS``, the limit
+    on a user pattern), so rules for thousands of MoE experts stay within it."""
+    limit = MAX_PATTERN_CHARS if max_chars is None else max_chars
+    ordered = sorted(set(names))
+    out: list[str] = []
+    start = 0
+    while start < len(ordered):
+        size = len(ordered) - start
+        pattern = anchored(exact_names_regex(ordered[start : start + size]))
+        while len(pattern) > limit and size > 1:
+            size = max(1, size // 2)
+            pattern = anchored(exact_names_regex(ordered[start : start + size]))
+        out.append(pattern)
+        start += size
+    return out
+
+
+def anchored(regex: str) -> str:
+    """``^regex$`` so that re.match and re.search both accept only whole names."""
+    return f"^{regex}$"

@@ -49,8 +49,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a plan as GPTQModel/AutoRound/llm-compressor/llama.cpp/torchao/ModelOpt/HQQ config."""
         from allocator.export import EXPORTERS, export_plan
-        from allocator.export.rules import ALIASES, get_rules
         from allocator.schema.io import load_plan
+        from allocator.schema.targets import ALIASES, get_rules
 
         if list_targets:
             for name in EXPORTERS.names():

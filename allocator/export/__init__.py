@@ -2,7 +2,7 @@
 
 Each module registers its exporter in ``EXPORTERS`` (``@EXPORTERS.register("name")``); adding a
 target is adding a file. ``export_plan`` checks the plan against the target's rules first
-(``allocator.export.rules``) and says exactly what does not fit.
+(``allocator.schema.targets``) and says exactly what does not fit.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pkgutil
 from collections.abc import Sequence
 
 from allocator.export.base import ExportContext, Exporter, ExportResult
-from allocator.export.rules import ALIASES, constraints_for_target, option_fits
 from allocator.registry import Registry
 from allocator.schema.plan import Plan
+from allocator.schema.targets import ALIASES, constraints_for_target, option_fits
 from allocator.schema.unit import Unit
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")

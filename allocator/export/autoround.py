@@ -12,9 +12,9 @@ import json
 
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines, most_common_quantized
-from allocator.export.rules import enforce, get_rules
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules
 
 
 def option_fields(option: Option) -> dict[str, int | bool | str]:

@@ -18,10 +18,10 @@ import yaml
 from allocator.errors import UnsupportedError
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, groups_by_option, header_lines
-from allocator.export.names import anchored, exact_names_regex
-from allocator.export.rules import enforce, get_rules, sparsity_kind
+from allocator.patterns import anchored, exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules, sparsity_kind
 
 
 def weight_args(option: Option) -> dict[str, Any]:

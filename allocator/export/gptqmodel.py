@@ -19,10 +19,10 @@ from allocator.export.base import (
     header_lines,
     most_common_quantized,
 )
-from allocator.export.names import anchored, exact_names_regex
-from allocator.export.rules import enforce, get_rules
+from allocator.patterns import anchored, exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules
 
 
 def option_fields(option: Option) -> dict[str, int | bool]:

@@ -13,8 +13,8 @@ from typing import Any
 
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines
-from allocator.export.rules import enforce, get_rules, kind_of
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules, kind_of
 
 
 @EXPORTERS.register("hqq")

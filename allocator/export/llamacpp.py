@@ -16,10 +16,11 @@ from collections import defaultdict
 
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines
-from allocator.export.names import anchored, exact_names_regex, hf_to_gguf
-from allocator.export.rules import enforce, get_rules
+from allocator.models.gguf_names import hf_to_gguf
+from allocator.patterns import anchored, exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules
 
 # ggml type -> (bits per weight, weights per block); bpw = 8 * block bytes / block weights
 GGML_TYPES: dict[str, tuple[float, int]] = {

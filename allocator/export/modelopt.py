@@ -19,9 +19,9 @@ import yaml
 
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines
-from allocator.export.rules import enforce, get_rules
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules
 
 
 def quantizer_fields(option: Option) -> dict[str, Any]:

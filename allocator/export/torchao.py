@@ -15,10 +15,10 @@ from typing import Any
 
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, groups_by_option, header_lines
-from allocator.export.names import exact_names_regex
-from allocator.export.rules import enforce, get_rules
+from allocator.patterns import exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import enforce, get_rules
 
 
 def intx_config(option: Option) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from allocator.patterns import compile_pattern
 from allocator.schema.constraints import Constraints
 from allocator.schema.plan import Plan
 from allocator.schema.table import SensitivityTable
+from allocator.schema.ties import preset_groups
 from allocator.solve.resources import resource_value
 from allocator.solve.targets import with_target
-from allocator.solve.ties import active_presets, preset_key
 
 REL_TOL = 1e-9
 
@@ -119,13 +119,8 @@ def _check_ties(plan: Plan, table: SensitivityTable, constraints: Constraints) -
     names = list(chosen)
     groups = [sorted({n for p in group for n in _search(p, names)}) for group in constraints.ties]
     units = {u.name: u for u in table.units}
-    for preset in active_presets(list(constraints.tie_presets)):
-        by_key: dict[str, list[str]] = {}
-        for name in names:
-            key = preset_key(units[name], preset) if name in units else None
-            if key is not None:
-                by_key.setdefault(key, []).append(name)
-        groups += list(by_key.values())
+    known = [units[name] for name in names if name in units]
+    groups += preset_groups(known, constraints.tie_presets)
     problems = []
     for group in groups:
         keys = {chosen[n] for n in group}

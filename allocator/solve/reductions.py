@@ -28,10 +28,10 @@ from allocator.patterns import compile_pattern, shown
 from allocator.schema.constraints import Constraints, OptionFilter
 from allocator.schema.option import Option
 from allocator.schema.table import SensitivityTable
+from allocator.schema.ties import preset_groups
 from allocator.solve.problem import Problem
 from allocator.solve.resources import check_resource_names, resource_value
 from allocator.solve.targets import with_target
-from allocator.solve.ties import active_presets, preset_key
 
 
 @dataclass
@@ -213,14 +213,8 @@ def tie_groups(
             members += match_units(pattern, units, f"constraints ties[{g}][{p}]", _SELECTED)
         forest.union(members)
     unit_of = {u.name: u for u in table.units}
-    for preset in active_presets(list(constraints.tie_presets)):
-        by_key: dict[str, list[str]] = {}
-        for name in units:
-            key = preset_key(unit_of[name], preset)
-            if key is not None:
-                by_key.setdefault(key, []).append(name)
-        for members in by_key.values():
-            forest.union(members)
+    for members in preset_groups([unit_of[name] for name in units], constraints.tie_presets):
+        forest.union(members)
     grouped: dict[str, list[str]] = {}
     for name in units:
         grouped.setdefault(forest.find(name), []).append(name)

@@ -8,7 +8,6 @@ Pure Python: no torch, no files. Rules respect the constraints' ties (``tie_pres
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from allocator.errors import InfeasibleError, InputError
@@ -17,6 +16,7 @@ from allocator.schema.constraints import Constraints
 from allocator.schema.option import Option
 from allocator.schema.plan import Assignment, Plan
 from allocator.schema.table import SensitivityTable
+from allocator.schema.ties import preset_groups
 from allocator.schema.unit import Unit
 
 Choice = dict[str, Option]
@@ -33,25 +33,27 @@ def choice_cost_bits(units: Sequence[Unit], choice: Mapping[str, Option], c: Con
 
 
 def tie_groups(units: Sequence[Unit], constraints: Constraints) -> list[list[Unit]]:
-    """Units grouped so tied units (presets ``qkv``/``gate_up`` and explicit ``ties``) move together."""
-    key_of: dict[str, str] = {u.name: u.name for u in units}
-    suffix = {"qkv": ".qkv", "gate_up": ".gate_up"}
-    for preset in constraints.tie_presets:
-        for u in units:
-            if u.tie and preset in suffix and u.tie.endswith(suffix[preset]):
-                key_of[u.name] = u.tie
-            elif preset == "moe_experts" and ".experts." in u.name:
-                key_of[u.name] = re.sub(r"\.experts\.\d+\.", ".experts.*.", u.name)
+    """Units grouped so tied units (``tie_presets`` and explicit ``ties``) move together."""
+    root = {u.name: u.name for u in units}
+
+    def find(name: str) -> str:
+        while root[name] != name:
+            name = root[name]
+        return name
+
+    linked = preset_groups(units, constraints.tie_presets)
     for i, patterns in enumerate(constraints.ties):
         regexes = [compile_pattern(p, f"ties[{i}]") for p in patterns]
-        members = [u for u in units if any(r.search(u.name) is not None for r in regexes)]
+        members = [u.name for u in units if any(r.search(u.name) is not None for r in regexes)]
         if not members:
             raise InputError(f"ties[{i}] = {patterns}: matches no unit; check the patterns")
-        for u in members:
-            key_of[u.name] = f"ties[{i}]"
+        linked.append(members)
+    for members in linked:
+        for name in members[1:]:
+            root[find(name)] = find(members[0])
     groups: dict[str, list[Unit]] = {}
     for u in units:
-        groups.setdefault(key_of[u.name], []).append(u)
+        groups.setdefault(find(u.name), []).append(u)
     return list(groups.values())
 
 

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from allocator.export.rules import constraints_for_target, get_rules, kind_of, tie_key
 from allocator.schema import Assignment, Option, Plan, Unit
 from allocator.schema.constraints import SizeModel
+from allocator.schema.targets import constraints_for_target, get_rules, kind_of
+from allocator.schema.ties import preset_key
 
 DEFAULT_SIZE_MODEL = SizeModel()  # (importing allocator.cost first is a circular import)
 
@@ -118,7 +119,7 @@ def random_plan(units: Sequence[Unit], target: str | None, seed: int = 0) -> Pla
     for u in units:
         key = kind_of(u.name) if uniform else None
         for preset in presets:
-            key = key or tie_key(u.name, preset)
+            key = key or preset_key(u.name, preset)
         groups.setdefault(key or u.name, []).append(u.name)
     choice = {}
     for members in groups.values():

@@ -18,8 +18,8 @@ from allocator.export import export_plan
 from allocator.export.autoround import option_fields as autoround_fields
 from allocator.export.gptqmodel import option_fields as gptq_fields
 from allocator.export.llamacpp import ggml_type_for
-from allocator.export.names import hf_to_gguf
-from allocator.export.rules import kind_of
+from allocator.models.gguf_names import hf_to_gguf
+from allocator.schema.targets import kind_of
 
 
 def _check(resolved: dict[str, Any], expected: dict[str, Any], names: list[str]) -> None:

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from allocator.export import export_plan
-from allocator.export.rules import check_plan, constraints_for_target, get_rules
 from allocator.schema import Budget, Constraints, SensitivityTable
+from allocator.schema.targets import check_plan, constraints_for_target, get_rules
 
 from .conftest import CANDIDATES, TARGETS
 

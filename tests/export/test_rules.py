@@ -9,9 +9,10 @@ import pytest
 from allocator.errors import UnsupportedError
 from allocator.export import export_plan
 from allocator.export.llamacpp import GGML_TYPES
-from allocator.export.names import anchored, exact_names_regex, gguf_to_hf, hf_to_gguf
-from allocator.export.rules import TARGETS, check_plan, constraints_for_target, get_rules
+from allocator.models.gguf_names import gguf_to_hf, hf_to_gguf
+from allocator.patterns import anchored, exact_names_regex
 from allocator.schema import Constraints, Option, OptionFilter
+from allocator.schema.targets import TARGETS, check_plan, constraints_for_target, get_rules
 
 from .conftest import CANDIDATES, make_plan
 from .conftest import TARGETS as TARGET_NAMES

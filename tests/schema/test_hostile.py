@@ -288,8 +288,7 @@ def test_a_temp_file_in_use_is_kept(tmp_path: Path) -> None:
 
 
 def test_target_rules_for_thousands_of_experts_stay_under_the_pattern_limit() -> None:
-    from allocator.export.names import exact_name_patterns
-    from allocator.patterns import MAX_PATTERN_CHARS, compile_pattern
+    from allocator.patterns import MAX_PATTERN_CHARS, compile_pattern, exact_name_patterns
 
     kinds = ("gate_proj", "up_proj", "down_proj")
     names = [

@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 
-from allocator.export.rules import get_rules
 from allocator.schema.constraints import Budget, Constraints, OptionFilter, ResourceLimit, UnitRule
 from allocator.schema.option import Option
 from allocator.schema.table import SensitivityTable
+from allocator.schema.targets import get_rules
+from allocator.schema.ties import active_presets, preset_key
 from allocator.schema.unit import Unit
-from allocator.solve.ties import active_presets, preset_key
 
 KINDS = (
     "self_attn.q_proj",
@@ -94,7 +94,7 @@ def _matches(pattern: str, name: str) -> bool:
 
 
 def _target_ok(option: Option, unit: Unit, constraints: Constraints) -> bool:
-    """The export target's own rules (``allocator.export.rules``), not the solver's reductions."""
+    """The export target's own rules (``allocator.schema.targets``), not the solver's reductions."""
     if constraints.target is None:
         return True
     rules = get_rules(constraints.target)

@@ -10,10 +10,10 @@ import pytest
 from allocator.data.example import load_example
 from allocator.errors import InfeasibleError, UnsupportedError
 from allocator.export import export_plan
-from allocator.export.rules import check_plan as check_target
-from allocator.export.rules import get_rules
 from allocator.schema.constraints import Budget, Constraints, OptionFilter
 from allocator.schema.io import load_constraints
+from allocator.schema.targets import check_plan as check_target
+from allocator.schema.targets import get_rules
 from allocator.solve.api import solve
 from allocator.solve.checker import check_plan
 

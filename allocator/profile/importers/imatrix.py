@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from allocator.errors import InputError
-from allocator.export.names import gguf_to_hf
+from allocator.models.gguf_names import gguf_to_hf
 from allocator.schema.unit import Unit
 
 
