@@ -160,3 +160,38 @@ def refine(
             on_round(step)
     best = min(range(len(history)), key=lambda i: history[i].measured)
     return RefineResult(rounds=history, best=best, table=current)
+
+
+def near_uniform_table(
+    table: SensitivityTable, center: Option, *, below: int = 1, above: int = 2
+) -> SensitivityTable | None:
+    """The table restricted to options a second-order estimate judges reliably near ``center``.
+
+    Kept: dense grouped options (no sparsity, no per-channel groups) with
+    ``center.bits - below <= bits <= center.bits + above``, plus fp16. Those perturb each weight
+    by at most about twice the uniform setting's error, where the table's single-unit,
+    additive estimates hold best; large perturbations (2-bit steps below, 50% sparsity,
+    per-channel scales) are where they fail on models nobody tuned for. ``None`` when fewer than
+    two options remain (nothing to allocate).
+    """
+    keep = [
+        o
+        for o in table.options
+        if o.is_fp16
+        or (
+            o.sparsity == 0
+            and o.group_size is not None
+            and center.bits - below <= o.bits <= center.bits + above
+        )
+    ]
+    if len(keep) < 2:
+        return None
+    keys = {o.key for o in keep}
+    losses = {u: {k: v for k, v in row.items() if k in keys} for u, row in table.losses.items()}
+    if any(not row for row in losses.values()):
+        return None
+    resources = {
+        name: {u: {k: v for k, v in row.items() if k in keys} for u, row in per_unit.items()}
+        for name, per_unit in table.resources.items()
+    }
+    return table.model_copy(update={"options": keep, "losses": losses, "resources": resources})

@@ -160,3 +160,46 @@ def test_plan_measured_worse_than_uniform_falls_back(
     assert chosen["solver"] == "rule:uniform"
     assert json.loads((out / "solved_plan.json").read_text())["solver"] != "rule:uniform"
     assert "[chosen]" in results["rows"][2]["method"]
+
+
+def test_rejected_plan_gets_a_near_uniform_candidate(
+    tiny_model, tmp_path: Path, monkeypatch
+) -> None:
+    """When the plan measures no better than uniform, run re-solves near the uniform setting,
+    applies and measures that plan too, and keeps the best measured candidate."""
+    import allocator.evaluate as evaluation
+
+    real = evaluation.evaluate_many
+
+    def rigged(models, windows, reference=None, **kwargs):
+        results = real(models, windows, reference, **kwargs)
+        if kwargs.get("desc") == "validate":
+            if "plan" in results:
+                results["plan"].kl = 10.0
+            if "near_uniform" in results:
+                results["near_uniform"].kl = 0.0
+        return results
+
+    monkeypatch.setattr(evaluation, "evaluate_many", rigged)
+    out = tmp_path / "near"
+    logs: list[str] = []
+    settings = _settings(tiny_model, options="bits=2,3,4,5 group=32,64,c sparsity=0,0.5")
+    results = run(settings, out, progress=False, log=logs.append)
+    validation = json.loads((out / "validation.json").read_text())
+    assert set(validation["candidates"]) == {"plan", "uniform", "near_uniform"}
+    assert validation["chosen"] == results["chosen"] == "near_uniform"
+    near = json.loads((out / "near_uniform_plan.json").read_text())
+    assert near["avg_bits"] <= 3.5 + 1e-9
+    assert all(
+        a["option"]["sparsity"] == 0 and a["option"]["group_size"] for a in near["assignments"]
+    )
+    assert json.loads((out / "plan.json").read_text()) == near
+    for name in ("plan", "uniform", "near_uniform"):
+        entry = validation["candidates"][name]
+        assert entry["measured"] is not None and entry["apply_key"]
+    assert validation["candidates"]["plan"]["predicted"] is not None
+    assert any("near uniform" in m for m in logs)
+    assert any("[chosen]" in r["method"] and "near uniform" in r["method"] for r in results["rows"])
+    # a rerun measures nothing again and keeps the same choice
+    again = run(settings, out, progress=False, log=logs.append)
+    assert again["chosen"] == "near_uniform"

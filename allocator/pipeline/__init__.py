@@ -38,6 +38,8 @@ from allocator.pipeline.settings import DEFAULT_ESTIMATOR, DEFAULT_OPTIONS, RunS
 from allocator.pipeline.stages import (
     apply_stage,
     llama_plan_for,
+    near_uniform_plan_for,
+    predicted_loss,
     profile_stage,
     solve_stage,
     uniform_plan_for,
@@ -91,9 +93,22 @@ def run(
     validation = None
     chosen = "plan"
     if settings.validate_plan and "uniform" in candidates:
-        pair = {n: candidates[n] for n in ("plan", "uniform")}
-        validation = validate_stage(job, stages, plan, pair, {n: keys[n] for n in pair})
+        judged = ["plan", "uniform"]
+        validation = validate_stage(job, stages, {n: candidates[n] for n in judged},
+                                    {n: keys[n] for n in judged},
+                                    {n: predicted_loss(table, plans[n]) for n in judged})  # fmt: skip
         chosen = validation["chosen"]
+        near = near_uniform_plan_for(job, stages, table, plans) if chosen != "plan" else None
+        if near is not None:
+            plans["near_uniform"] = near
+            candidates["near_uniform"], keys["near_uniform"] = apply_stage(
+                job, stages, near, "near_uniform"
+            )
+            judged.append("near_uniform")
+            validation = validate_stage(job, stages, {n: candidates[n] for n in judged},
+                                        {n: keys[n] for n in judged},
+                                        {n: predicted_loss(table, plans[n]) for n in judged})  # fmt: skip
+            chosen = validation["chosen"]
     install_choice(stages, chosen, plans[chosen])
     if not settings.compare_uniform and chosen == "plan":
         candidates.pop("uniform", None)

@@ -13,48 +13,85 @@ from allocator.schema.io import atomic_write_text, save_plan
 
 
 def validate_stage(
-    job: Job, stages: Stages, plan: Plan, candidates: dict[str, Any], keys: dict[str, str]
+    job: Job,
+    stages: Stages,
+    candidates: dict[str, Any],
+    keys: dict[str, str],
+    predicted: dict[str, float | None],
 ) -> dict[str, Any]:
-    """Mean KL of each candidate on held-out calibration windows; picks the plan unless uniform
-    measures better. Writes ``validation.json``."""
-    from allocator.evaluate import evaluate_many
-
+    """Each candidate's mean KL (encoders: 1 - cosine) on held-out calibration windows; picks the
+    best measured one, uniform winning ties. Candidates measured before with the same apply key
+    and windows are not measured again. Writes ``validation.json``."""
     s = job.settings
-    key = _hash("validate", keys, s.validate_windows, s.seq_len, s.seed, s.bos,
-                job.data_hash("calib"))  # fmt: skip
-    if stages.done("validate", key, "validation.json"):
-        job.log("validate: validation.json is up to date, skipped")
-        return json.loads((stages.out / "validation.json").read_text())
+    window_key = _hash("validate", s.validate_windows, s.seq_len, s.seed, s.bos,
+                       job.data_hash("calib"))  # fmt: skip
+    path = stages.out / "validation.json"
+    known: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            if previous.get("window_key") == window_key:
+                known = previous.get("candidates", {})
+        except (json.JSONDecodeError, AttributeError):
+            known = {}
+    kl: dict[str, float | None] = {}
+    todo = {}
+    for name, model in candidates.items():
+        entry = known.get(name)
+        if isinstance(entry, dict) and entry.get("apply_key") == keys[name]:
+            kl[name] = entry.get("measured")
+        else:
+            todo[name] = model
     ids = job.windows("calib", s.validate_windows, s.seq_len, holdout=True)
-    if job.task == "embedding":
-        from allocator.evaluate.embedding import evaluate_embeddings
-
-        similarity = evaluate_embeddings(candidates, ids, job.loaded.model,
-                                         progress=job.progress, desc="validate")  # fmt: skip
-        kl = {
-            name: 1.0 - similarity[name].cosine for name in candidates
-        }  # 1 - cos, lower is better
-    else:
-        measured = evaluate_many(candidates, ids, job.loaded.model, progress=job.progress,
-                                 desc="validate")  # fmt: skip
-        kl = {name: measured[name].kl for name in candidates}
-    chosen = "plan"
-    if "uniform" in kl and kl["uniform"] is not None and kl["plan"] is not None:
-        chosen = "plan" if kl["plan"] <= kl["uniform"] else "uniform"
+    if todo:
+        kl.update(_measure(job, todo, ids))
+    chosen = _best(kl)
     record = {
         "windows": int(ids.shape[0]),
         "seq_len": int(ids.shape[1]),
-        "predicted_loss": plan.predicted_loss,
-        "measured_kl": kl,
+        "window_key": window_key,
         "metric": "1 - cosine" if job.task == "embedding" else "mean KL",
+        "predicted_loss": predicted.get("plan"),
+        "measured_kl": {n: kl[n] for n in candidates},
+        "candidates": {
+            n: {"apply_key": keys[n], "predicted": predicted.get(n), "measured": kl[n]}
+            for n in candidates
+        },
         "chosen": chosen,
     }
-    atomic_write_text(stages.out / "validation.json", json.dumps(record, indent=1) + "\n")
-    stages.mark("validate", key)
-    verdict = "kept" if chosen == "plan" else "NOT better than uniform: falling back to uniform"
-    job.log(f"validate: held-out calibration {record['metric']} " + ", ".join(
-        f"{n} {v:.4f}" for n, v in kl.items() if v is not None) + f"; plan {verdict}")  # fmt: skip
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    verdict = {"plan": "plan kept", "uniform": "plan NOT better than uniform: falling back to "
+               "uniform"}.get(chosen, f"{chosen} chosen")  # fmt: skip
+    job.log(f"validate: held-out calibration {record['metric']} (predicted -> measured) " + ", ".join(
+        f"{n} {_fmt(predicted.get(n))} -> {_fmt(kl[n])}" for n in candidates) + f"; {verdict}")  # fmt: skip
     return record
+
+
+def _measure(job: Job, models: dict[str, Any], ids: Any) -> dict[str, float | None]:
+    if job.task == "embedding":
+        from allocator.evaluate.embedding import evaluate_embeddings
+
+        similarity = evaluate_embeddings(models, ids, job.loaded.model, progress=job.progress,
+                                         desc="validate")  # fmt: skip
+        return {name: 1.0 - similarity[name].cosine for name in models}
+    from allocator.evaluate import evaluate_many
+
+    measured = evaluate_many(models, ids, job.loaded.model, progress=job.progress,
+                             desc="validate")  # fmt: skip
+    return {name: measured[name].kl for name in models}
+
+
+def _best(kl: dict[str, float | None]) -> str:
+    """The lowest measured candidate; uniform wins ties (it needs no table to be trusted)."""
+    if kl.get("uniform") is None:
+        return "plan"
+    order = ["uniform", *[n for n in kl if n != "uniform"]]
+    valid = [n for n in order if kl[n] is not None]
+    return min(valid, key=lambda n: (kl[n], order.index(n)))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def install_choice(stages: Stages, chosen: str, plan: Plan) -> None:
@@ -89,7 +126,9 @@ def evaluate_stage(
     labels = {"plan": f"plan ({s.estimator} table, {plan.solver}, {s.method})",
               "uniform": f"uniform {plans['uniform'].assignments[0].option.key} ({s.method})"
               if "uniform" in plans else "uniform",
-              "llama": f"llama.cpp Q4_K_M-style rule, g128 ({s.method})"}  # fmt: skip
+              "llama": f"llama.cpp Q4_K_M-style rule, g128 ({s.method})",
+              "near_uniform": f"plan near uniform (dense, {plans['near_uniform'].solver}, "
+              f"{s.method})" if "near_uniform" in plans else "near_uniform"}  # fmt: skip
     for name in candidates:
         label = labels[name] + (" [chosen]" if name == chosen and len(candidates) > 1 else "")
         rows.append(_row(label, plans[name].avg_bits, measured[name].perplexity,

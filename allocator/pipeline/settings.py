@@ -37,6 +37,7 @@ class RunSettings(BaseModel):
     calibrate_options: bool = False
     validate_plan: bool = True
     validate_windows: int = Field(default=8, ge=1)
+    retry_near_uniform: bool = True
     bos: bool | None = None
     task: Literal["auto", "causal_lm", "embedding"] = "auto"
     seed: int = 0

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from allocator.errors import AllocatorError
 from allocator.pipeline.job import Job, Stages
 from allocator.pipeline.settings import _hash
 from allocator.schema import Constraints, Plan, SensitivityTable
@@ -103,6 +104,50 @@ def llama_plan_for(job: Job) -> Plan:
     ladder = parse_options("bits=2,3,4,5,6,8 group=128")
     choice = llama_rule_choice(units, constraints, ladder, group_size=128)
     return plan_from_choice(units, choice, constraints, solver="rule:llama.cpp")
+
+
+def near_uniform_plan_for(
+    job: Job, stages: Stages, table: SensitivityTable, plans: dict[str, Plan]
+) -> Plan | None:
+    """The second candidate when the plan measured no better than uniform: the same table
+    re-solved on options near the uniform setting (``allocator.refine.near_uniform_table``).
+    ``None`` when switched off or when it would repeat an existing candidate."""
+    if not job.settings.retry_near_uniform or "uniform" not in plans:
+        return None
+    from allocator.refine import near_uniform_table
+    from allocator.solve.api import solve
+
+    center = plans["uniform"].assignments[0].option
+    restricted = near_uniform_table(table, center)
+    if restricted is None:
+        return None
+    try:
+        plan = solve(
+            restricted, Constraints.simple(job.settings.budget), solver=job.settings.solver
+        )
+    except AllocatorError as exc:
+        job.log(f"near-uniform re-solve: {exc}; keeping the measured candidates")
+        return None
+    choice = {u: o.key for u, o in plan.options_by_unit().items()}
+    for other in plans.values():
+        if choice == {u: o.key for u, o in other.options_by_unit().items()}:
+            return None
+    plan = plan.model_copy(update={"notes": [*plan.notes, f"near uniform {center.key}"]})
+    save_plan(plan, stages.out / "near_uniform_plan.json")
+    job.log(f"solve near uniform {center.key}: {plan.avg_bits:.3f} bits/weight, predicted loss "
+            f"{plan.predicted_loss:.4g}")  # fmt: skip
+    return plan
+
+
+def predicted_loss(table: SensitivityTable, plan: Plan) -> float | None:
+    """The table's predicted loss of any plan (``None`` if it uses an option the table lacks)."""
+    total = 0.0
+    for a in plan.assignments:
+        value = table.losses.get(a.unit, {}).get(a.option.key)
+        if value is None:
+            return None
+        total += value
+    return total
 
 
 def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, str]:
