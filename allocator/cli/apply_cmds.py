@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
     @app.command("apply")
     def apply_cmd(
         plan: Annotated[Path, typer.Option("--plan", help="plan file (.json, .yaml, .toml)")],
-        out: Annotated[Path, typer.Option("--out", help="checkpoint folder to write")],
+        out: Annotated[
+            Path, typer.Option("--out", help="checkpoint folder (a .gguf file for --format gguf)")
+        ],
         model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "smollm2",
         method: Annotated[
             str | None,
@@ -60,30 +62,86 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress, no summary")] = False,
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="allocator (packed checkpoint folder), compressed-tensors (Hugging Face "
+                "folder for transformers/vLLM) or gguf (a .gguf file quantized by llama.cpp)",
+            ),
+        ] = "allocator",
+        target: Annotated[
+            str | None,
+            typer.Option(
+                "--target", help="compressed-tensors: refuse what vllm or transformers cannot load"
+            ),
+        ] = None,
+        dtype: Annotated[
+            str | None,
+            typer.Option(
+                "--dtype",
+                help="compressed-tensors: dtype of unquantized tensors (default: model's)",
+            ),
+        ] = None,
     ) -> None:
-        """Compress a model by a plan and save it as a packed checkpoint."""
+        """Compress a model by a plan and save it as a packed checkpoint, a compressed-tensors
+        folder or a llama.cpp GGUF (see --format)."""
+        from allocator.deploy import check_format
         from allocator.models.windows import token_windows
         from allocator.quant.apply import apply_plan, needs_calibration
-        from allocator.quant.checkpoint import save_checkpoint
+        from allocator.quant.checkpoint import is_checkpoint, save_checkpoint
         from allocator.schema.io import load_plan
 
         began = time.perf_counter()
+        fmt = check_format(fmt, target, dtype)
         loaded_plan = load_plan(plan)
-        loaded = load_any(model)
-        windows = None
-        if needs_calibration(loaded_plan, method):
+        if fmt == "gguf":
+            from allocator.deploy.gguf import apply_gguf
+
             text = _text(calib_text, "default_calibration_text")
-            windows = token_windows(
-                loaded.tokenizer, text, seq_len=seq_len, n_windows=calib_windows, seed=seed, bos=bos
+            result = apply_gguf(
+                model, loaded_plan, out, text, windows=calib_windows, seq_len=seq_len, seed=seed,
+                bos=bos, progress=not quiet,
+            )  # fmt: skip
+            if not quiet:
+                typer.echo(
+                    "\n".join([*result.lines(), f"time        {time.perf_counter() - began:.1f} s"])
+                )
+            return
+        loaded = load_any(model)
+        applied = fmt == "compressed-tensors" and is_checkpoint(model)
+        if fmt == "compressed-tensors":
+            from allocator.deploy.compressed_tensors import precheck
+
+            precheck(
+                loaded.model, loaded_plan, target=target, checkpoint=model if applied else None
             )
-        apply_plan(
-            loaded.model,
-            loaded_plan,
-            windows,
-            method=method,
-            act_order=act_order,
-            progress=not quiet,
-        )
+        if not applied:
+            windows = None
+            if needs_calibration(loaded_plan, method):
+                text = _text(calib_text, "default_calibration_text")
+                windows = token_windows(
+                    loaded.tokenizer, text, seq_len=seq_len, n_windows=calib_windows, seed=seed,
+                    bos=bos,
+                )  # fmt: skip
+            apply_plan(
+                loaded.model,
+                loaded_plan,
+                windows,
+                method=method,
+                act_order=act_order,
+                progress=not quiet,
+            )
+        if fmt == "compressed-tensors":
+            from allocator.deploy.compressed_tensors import write_and_verify
+
+            lines = write_and_verify(
+                loaded.model, loaded_plan, out, tokenizer=loaded.tokenizer, target=target,
+                dtype=dtype,
+            )  # fmt: skip
+            if not quiet:
+                typer.echo("\n".join([*lines, f"time        {time.perf_counter() - began:.1f} s"]))
+            return
         sizes = save_checkpoint(loaded.model, loaded_plan, out, tokenizer=loaded.tokenizer)
         if not quiet:
             typer.echo(
