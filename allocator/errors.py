@@ -1,6 +1,8 @@
 """Exception types for errors a user can cause, each with its own CLI exit code.
 
-Messages name the file or field, the offending value and the fix.
+Messages name the file or field, the offending value and the fix. Catching ``AllocatorError``
+catches every error a user can cause through the Python API or the CLI; ``InputError`` (and so
+``SchemaError``, raised when a schema object is built from bad fields) is also a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,27 @@ class AllocatorError(Exception):
     exit_code = 2
 
 
-class InputError(AllocatorError):
+class InputError(AllocatorError, ValueError):
     """A file, field or argument is malformed, unknown or out of range."""
 
     exit_code = 2
+
+
+class SchemaError(InputError):
+    """A schema object (Option, SensitivityTable, Constraints, Plan...) was built from invalid
+    fields. ``errors`` holds one dict per problem (``loc``, ``msg``, ``type``, ``input``) as
+    pydantic reports them; the message has one line per problem."""
+
+    def __init__(
+        self, message: str, *, model: str = "", errors: list[dict[str, object]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.errors = errors or []
+
+
+class AllocatorWarning(UserWarning):
+    """Something worth knowing that is not an error (e.g. a rule pattern matching no unit)."""
 
 
 class InfeasibleError(AllocatorError):

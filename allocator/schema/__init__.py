@@ -1,36 +1,31 @@
-"""Data model shared by every stage: options, units, tables, constraints and plans.
+"""Data model shared by every stage: options, units, tables, constraints, plans and the size model.
 
-Names are resolved lazily so that ``allocator.cost`` (which the constraints model uses) can
-import ``allocator.schema.option`` without a circular import.
+Every class here is a pydantic model whose constructors raise ``allocator.errors.SchemaError``
+(an ``InputError``, so also an ``AllocatorError`` and a ``ValueError``) on invalid fields.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from allocator.schema.constraints import Budget, Constraints, OptionFilter, ResourceLimit, UnitRule
+from allocator.schema.option import Option
+from allocator.schema.plan import Assignment, Plan
+from allocator.schema.size import DEFAULT_SIZE_MODEL, SizeModel
+from allocator.schema.table import OptionLike, Provenance, SensitivityTable
+from allocator.schema.unit import Unit
 
-_EXPORTS = {
-    "Assignment": "allocator.schema.plan",
-    "Budget": "allocator.schema.constraints",
-    "Constraints": "allocator.schema.constraints",
-    "Option": "allocator.schema.option",
-    "OptionFilter": "allocator.schema.constraints",
-    "Plan": "allocator.schema.plan",
-    "Provenance": "allocator.schema.table",
-    "ResourceLimit": "allocator.schema.constraints",
-    "SensitivityTable": "allocator.schema.table",
-    "Unit": "allocator.schema.unit",
-    "UnitRule": "allocator.schema.constraints",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'allocator.schema' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "DEFAULT_SIZE_MODEL",
+    "Assignment",
+    "Budget",
+    "Constraints",
+    "Option",
+    "OptionFilter",
+    "OptionLike",
+    "Plan",
+    "Provenance",
+    "ResourceLimit",
+    "SensitivityTable",
+    "SizeModel",
+    "Unit",
+    "UnitRule",
+]

@@ -2,7 +2,8 @@
 
 Unit patterns are regular expressions (RE2 syntax, see ``allocator.patterns``) matched with
 ``re.search`` semantics against the unit's full name (anchor them with ``^...$`` for exact names).
-A pattern that matches no unit is an error. Every number must be finite and within bounds
+A pattern that matches no unit is a warning (``AllocatorWarning``, also noted in the plan), or an
+error with ``strict: true``. Every number must be finite and within bounds
 (``MAX_VALUE``); a file from a newer allocator (``format_version`` above ours) is refused.
 """
 
@@ -12,12 +13,13 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from allocator.cost import SizeModel
 from allocator.errors import InputError
 from allocator.patterns import check_pattern
+from allocator.schema.base import SchemaModel
 from allocator.schema.option import Option
+from allocator.schema.size import SizeModel, size_model_for
 from allocator.schema.version import FORMAT_VERSION, check_format_version
 
 MAX_VALUE = 1e30  # budgets and resource limits: far beyond any model, far below float overflow
@@ -41,13 +43,27 @@ def _option_key(spec: str) -> str:
         raise ValueError(str(exc).removeprefix("option: ")) from None
 
 
-class Budget(BaseModel):
+class Budget(SchemaModel):
     """Exactly one of ``avg_bits`` (bits per weight over all units, overhead included) or ``total_bytes``."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"avg_bits": 3.5}]}
+    )
 
-    avg_bits: float | None = Field(default=None, gt=0, le=1e6)
-    total_bytes: float | None = Field(default=None, gt=0, le=MAX_VALUE)
+    avg_bits: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="Average bits per weight over the allocated units, metadata included.",
+        examples=[3.5, None],
+    )
+    total_bytes: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_VALUE,
+        description="Total size in bytes of the allocated units, metadata included.",
+        examples=[None, 6.0e7],
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -62,16 +78,39 @@ class Budget(BaseModel):
         return self.total_bytes * 8.0
 
 
-class OptionFilter(BaseModel):
+class OptionFilter(SchemaModel):
     """Options allowed: every given field must match (a missing field allows everything)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"bits": [3, 4]}]}
+    )
 
-    keys: list[str] | None = None
-    bits: list[int] | None = None
-    group_size: list[int | None] | None = None
-    sparsity: list[float] | None = None
-    methods: list[str] | None = None
+    keys: list[str] | None = Field(
+        default=None,
+        description="Option keys allowed (b4-g128, b3-g64-sym, fp16...).",
+        examples=[["b4-g128", "b3-g128"], None],
+    )
+    bits: list[int] | None = Field(
+        default=None, description="Bit widths allowed (16: fp16).", examples=[[2, 3, 4, 16]]
+    )
+    group_size: list[int | None] | None = Field(
+        default=None,
+        description="Group sizes allowed; null (or -1) is per channel. fp16 always passes.",
+        examples=[[64, 128, None]],
+    )
+    sparsity: list[float] | None = Field(
+        default=None, description="Sparsity ratios allowed.", examples=[[0.0, 0.5]]
+    )
+    methods: list[str] | None = Field(
+        default=None, description="Quantization methods allowed.", examples=[["gptq"]]
+    )
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _per_channel_minus_one(cls, groups: object) -> object:
+        if isinstance(groups, list):
+            return [None if g == -1 and not isinstance(g, bool) else g for g in groups]
+        return groups
 
     @field_validator("keys")
     @classmethod
@@ -96,17 +135,43 @@ class OptionFilter(BaseModel):
         return not (self.methods is not None and option.method not in self.methods)
 
 
-class UnitRule(BaseModel):
+class UnitRule(SchemaModel):
     """Per-pattern restrictions: allowed options, a pin, and bounds on bits and sparsity."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"pattern": r"\.down_proj$", "min_bits": 4}]},
+    )
 
-    pattern: str = Field(min_length=1)
-    allow: OptionFilter | None = None
-    pin: str | None = None
-    min_bits: int | None = Field(default=None, ge=1, le=16)
-    max_bits: int | None = Field(default=None, ge=1, le=16)
-    max_sparsity: float | None = Field(default=None, ge=0, le=1)
+    pattern: str = Field(
+        min_length=1,
+        description="RE2 regular expression searched in each unit's full name.",
+        examples=[r"\.down_proj$", "^lm_head$"],
+    )
+    allow: OptionFilter | None = Field(
+        default=None, description="Options the matched units may use.", examples=[None]
+    )
+    pin: str | None = Field(
+        default=None, description="One option key the matched units must use.", examples=["b8-g128"]
+    )
+    min_bits: int | None = Field(
+        default=None, ge=1, le=16, description="Smallest bit width allowed.", examples=[4]
+    )
+    max_bits: int | None = Field(
+        default=None, ge=1, le=16, description="Largest bit width allowed.", examples=[8]
+    )
+    max_sparsity: float | None = Field(
+        default=None, ge=0, le=1, description="Largest sparsity ratio allowed.", examples=[0.0]
+    )
+    source: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        max_length=500,
+        description="Who added the rule (set for rules an export target adds, so errors "
+        "name the target's rule rather than yours).",
+        examples=[None, "target gptqmodel+vllm: group size must divide in_features"],
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -131,41 +196,128 @@ class UnitRule(BaseModel):
         return self
 
 
-class ResourceLimit(BaseModel):
+class ResourceLimit(SchemaModel):
     """A cap on an extra resource summed over units.
 
     Values come from the table's ``resources[name]`` when present, else from a built-in formula:
     ``bops`` (bits x 16-bit activations x MACs per token, i.e. ``bits * 16 * numel``).
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"name": "bops", "max": 1.0e12}]},
+    )
 
-    name: str = Field(min_length=1, max_length=200)
-    max: float = Field(ge=0, le=MAX_VALUE)
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Resource name: a key of the table's resources, or 'bops'.",
+        examples=["bops", "latency_us"],
+    )
+    max: float = Field(
+        ge=0, le=MAX_VALUE, description="Largest allowed sum over units.", examples=[1.0e12]
+    )
 
 
-class Constraints(BaseModel):
+class Constraints(SchemaModel):
     """Everything the user asks of a plan. Read from YAML, TOML or JSON constraint files."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {"budget": {"avg_bits": 3.5}},
+                {
+                    "budget": {"avg_bits": 4.25},
+                    "target": "gptqmodel+vllm",
+                    "rules": [{"pattern": "^lm_head$", "pin": "b8-g128-sym"}],
+                },
+            ]
+        },
+    )
 
-    format_version: int = FORMAT_VERSION
-    budget: Budget
-    overhead: SizeModel = Field(default_factory=SizeModel)
-    allowed: OptionFilter | None = None
-    rules: list[UnitRule] = Field(default_factory=list)
-    ties: list[list[str]] = Field(default_factory=list)
-    tie_presets: list[TiePreset] = Field(default_factory=list)
-    target: str | None = None
-    resources: list[ResourceLimit] = Field(default_factory=list)
-    max_distinct_options: int | None = Field(default=None, ge=1)
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    format_version: int = Field(
+        default=FORMAT_VERSION,
+        description="File format version; files newer than this allocator reads are refused.",
+        examples=[FORMAT_VERSION],
+    )
+    budget: Budget = Field(description="The size budget.", examples=[{"avg_bits": 3.5}])
+    overhead: SizeModel = Field(
+        default_factory=SizeModel,
+        description="How sizes are counted; when omitted and a target is set, the target's "
+        "own size model is used.",
+        examples=[{"scale_bits": 16, "zero_bits": 16}],
+    )
+    allowed: OptionFilter | None = Field(
+        default=None, description="Options every unit may use.", examples=[{"bits": [2, 3, 4]}]
+    )
+    rules: list[UnitRule] = Field(
+        default_factory=list,
+        description="Per-pattern restrictions, applied in order.",
+        examples=[[{"pattern": r"\.down_proj$", "min_bits": 4}]],
+    )
+    ties: list[list[str]] = Field(
+        default_factory=list,
+        description="Groups of unit-name patterns whose units must share one option.",
+        examples=[[[r"\.q_proj$", r"\.k_proj$"]]],
+    )
+    tie_presets: list[TiePreset] = Field(
+        default_factory=list,
+        description="Built-in ties: qkv, gate_up, moe_experts.",
+        examples=[["qkv", "gate_up"]],
+    )
+    target: str | None = Field(
+        default=None,
+        description="Export target whose rules and size model the plan must fit "
+        "(gptqmodel, autoround, compressed-tensors, vllm, llamacpp, torchao, modelopt, hqq); "
+        "'+vllm' adds vLLM's serving rules (e.g. gptqmodel+vllm).",
+        examples=[None, "gptqmodel", "gptqmodel+vllm", "llamacpp"],
+    )
+    resources: list[ResourceLimit] = Field(
+        default_factory=list,
+        description="Caps on extra resources summed over units.",
+        examples=[[{"name": "bops", "max": 1.0e12}]],
+    )
+    max_distinct_options: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many distinct options in the whole plan.",
+        examples=[None, 3],
+    )
+    include: list[str] | None = Field(
+        default=None,
+        description="Only units matching one of these patterns are allocated.",
+        examples=[None, [r"^model\.layers\."]],
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Units matching one of these patterns are left out.",
+        examples=[["lm_head"]],
+    )
+    strict: bool = Field(
+        default=False,
+        exclude_if=lambda v: v is False,
+        description="A rule, tie, include or exclude pattern that matches no unit is an error "
+        "(default: a warning, noted in the plan).",
+        examples=[False, True],
+    )
 
     @field_validator("format_version")
     @classmethod
     def _known_version(cls, version: int) -> int:
         return check_format_version(version, "constraints")
+
+    @model_validator(mode="after")
+    def _target_size_model(self) -> Constraints:
+        """Without an ``overhead`` of its own, a target's constraints count sizes as the
+        target stores them (``allocator.schema.size.size_model_for``)."""
+        if self.target is not None:
+            size = size_model_for(self.target)  # an unknown target is refused here
+            if "overhead" not in self.model_fields_set:
+                object.__setattr__(self, "overhead", size)
+        return self
 
     @field_validator("ties")
     @classmethod

@@ -7,10 +7,9 @@ import io
 import math
 from typing import Any
 
-from pydantic import ValidationError
-
-from allocator.errors import InputError
+from allocator.errors import InputError, SchemaError
 from allocator.patterns import shown
+from allocator.schema.base import describe_errors
 from allocator.schema.option import Option
 from allocator.schema.table import Provenance, SensitivityTable
 from allocator.schema.unit import Unit
@@ -117,7 +116,7 @@ def table_from_csv(text: str, source: str = "<csv>") -> SensitivityTable:
     Optional columns: ``symmetric`` (0/1), ``method``, ``nm`` (e.g. ``2:4``), ``out_features`` and
     ``in_features`` (shape). An empty group_size, ``c`` or ``-1`` means per-channel.
     """
-    from allocator.schema.io import describe_validation_error, validate
+    from allocator.schema.io import validate
 
     units: dict[str, Unit] = {}
     options: dict[str, Option] = {}
@@ -161,8 +160,8 @@ def table_from_csv(text: str, source: str = "<csv>") -> SensitivityTable:
         if name not in units:
             try:
                 units[name] = Unit(name=name, numel=numel, shape=shape)
-            except ValidationError as exc:
-                raise InputError(describe_validation_error(exc, f"{source}: line {line}")) from None
+            except SchemaError as exc:
+                raise InputError(describe_errors(exc.errors, f"{source}: line {line}")) from None
         elif units[name].numel != numel or (shape is not None and shape != units[name].shape):
             earlier = units[name]
             raise InputError(

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from allocator.errors import InputError
+from allocator.errors import InputError, SchemaError
 from allocator.patterns import shown
+from allocator.schema.base import describe_errors
 from allocator.schema.constraints import Constraints
 from allocator.schema.csv_table import table_from_csv, table_to_csv
 from allocator.schema.plan import Plan
@@ -98,21 +99,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def describe_validation_error(exc: ValidationError, source: str) -> str:
     """One readable line per problem: where (file and field path), what value, what is wrong."""
-    lines = []
-    for err in exc.errors()[:5]:
-        loc = shown(".".join(str(p) for p in err["loc"]), 200)[1:-1] or "(top level)"
-        value = err.get("input")
-        value_text = shown(value) if not isinstance(value, dict | list) else type(value).__name__
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-        elif err["type"] == "missing":
-            msg = "required field is missing; add it"
-        lines.append(f"{source}: field '{loc}' = {value_text}: {msg}")
-    more = len(exc.errors()) - 5
-    if more > 0:
-        lines.append(f"... and {more} more problems")
-    return "\n".join(lines)
+    return describe_errors(exc.errors(), source)
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
@@ -212,6 +199,8 @@ def validate(model: type[M], data: Any, source: str) -> M:
         )
     try:
         return model.model_validate(data)
+    except SchemaError as exc:
+        raise InputError(describe_errors(exc.errors, source)) from None
     except ValidationError as exc:
         raise InputError(describe_validation_error(exc, source)) from None
     except RecursionError:

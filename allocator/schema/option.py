@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from allocator.errors import InputError
 from allocator.patterns import shown
+from allocator.schema.base import SchemaModel
 
 SparsityPattern = Literal["none", "unstructured", "nm"]
 
@@ -30,22 +31,71 @@ MAX_NM = 1024
 MAX_KEY_CHARS = 200
 
 
-class Option(BaseModel):
+class Option(SchemaModel):
     """One way to store a unit's weight.
 
-    ``group_size=None`` means one group per output channel (the group spans the input size).
-    ``bits=16`` means the weight is kept in fp16 (no grouping, no sparsity metadata).
+    ``group_size=None`` (or ``-1``, as GPTQ libraries write it) means one group per output
+    channel (the group spans the input size). ``bits=16`` means the weight is kept in fp16 (no
+    grouping, no sparsity metadata).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"bits": 4, "group_size": 128}, {"bits": 16}]},
+    )
 
-    bits: int = Field(ge=1, le=16)
-    group_size: int | None = Field(default=128, ge=1, le=MAX_GROUP)
-    symmetric: bool = False
-    sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
-    sparsity_pattern: SparsityPattern = "none"
-    nm: tuple[int, int] | None = None
-    method: str = Field(default="rtn", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
+    bits: int = Field(
+        ge=1,
+        le=16,
+        description="Bits per stored weight value: 1-8, or 16 to keep the weight in fp16.",
+        examples=[4, 3, 16],
+    )
+    group_size: int | None = Field(
+        default=128,
+        ge=1,
+        le=MAX_GROUP,
+        description="Weights per quantization group along the input dimension; null (or -1) "
+        "for one group per output channel.",
+        examples=[128, 64, None],
+    )
+    symmetric: bool = Field(
+        default=False,
+        description="Symmetric quantization (no zero point stored by the default size model).",
+        examples=[False, True],
+    )
+    sparsity: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of weights pruned (set from nm for N:M sparsity).",
+        examples=[0.0, 0.5],
+    )
+    sparsity_pattern: SparsityPattern = Field(
+        default="none",
+        description="'none', 'unstructured' (any ratio, 1-bit mask) or 'nm' (N of every M kept).",
+        examples=["none", "nm"],
+    )
+    nm: tuple[int, int] | None = Field(
+        default=None,
+        description="(N, M) for N:M sparsity: N weights kept in every M, e.g. [2, 4].",
+        examples=[None, [2, 4]],
+    )
+    method: str = Field(
+        default="rtn",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="Quantization method the loss was measured with (rtn, gptq, awq...).",
+        examples=["rtn", "gptq"],
+    )
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _per_channel_minus_one(cls, value: object) -> object:
+        """``-1`` is per channel, as GPTQ libraries write it."""
+        return None if value == -1 and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Option:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from allocator.schema.base import SchemaModel
 
 MAX_DIM = 2**31  # one side of a weight matrix
 MAX_NUMEL = 2**50  # exact in a float, and x64 bits per weight still far from overflow
 
 
-class Unit(BaseModel):
+class Unit(SchemaModel):
     """One weight matrix the allocator chooses an option for.
 
     ``shape`` is (out_features, in_features) as in ``nn.Linear.weight``; ``numel`` their product.
@@ -16,14 +18,51 @@ class Unit(BaseModel):
     runtime fuses (q/k/v, gate/up, MoE experts); ``layer`` the block index when known.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [{"name": "model.layers.0.mlp.down_proj", "shape": [576, 1536]}]
+        },
+    )
 
-    name: str = Field(min_length=1, max_length=1000)
-    shape: tuple[int, int] | None = None
-    numel: int = Field(default=0, ge=0, le=MAX_NUMEL)
-    kind: str = Field(default="", max_length=1000)
-    tie: str | None = Field(default=None, max_length=2000)
-    layer: int | None = Field(default=None, ge=0, le=10**9)
+    name: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="The module's full name, as named_modules() gives it.",
+        examples=["model.layers.0.self_attn.q_proj"],
+    )
+    shape: tuple[int, int] | None = Field(
+        default=None,
+        description="(out_features, in_features) of the weight; group counts use it.",
+        examples=[[576, 576], None],
+    )
+    numel: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_NUMEL,
+        description="Number of weights; derived from shape when shape is given.",
+        examples=[331776],
+    )
+    kind: str = Field(
+        default="",
+        max_length=1000,
+        description="Projection type (q_proj, down_proj...), used by rule-based baselines.",
+        examples=["q_proj", ""],
+    )
+    tie: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="Key shared by units a runtime fuses (q/k/v, gate/up); tie presets use it.",
+        examples=["model.layers.0.self_attn.qkv", None],
+    )
+    layer: int | None = Field(
+        default=None,
+        ge=0,
+        le=10**9,
+        description="Block index when known.",
+        examples=[0, None],
+    )
 
     @model_validator(mode="after")
     def _numel_from_shape(self) -> Unit:

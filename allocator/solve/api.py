@@ -14,8 +14,10 @@ import numbers
 import os
 import platform
 import time
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,24 +35,36 @@ from allocator.solve.reductions import Reduction, reduce
 from allocator.solve.registry import BACKENDS, check_supported
 from allocator.solve.resources import resource_value
 
-TableLike = SensitivityTable | str | os.PathLike[str]
-ConstraintsLike = Constraints | str | os.PathLike[str]
+M = TypeVar("M", Constraints, SensitivityTable, Plan)
+
+TableLike = SensitivityTable | Mapping[str, Any] | str | os.PathLike[str]
+ConstraintsLike = Constraints | Mapping[str, Any] | str | os.PathLike[str]
+PlanLike = Plan | Mapping[str, Any] | str | os.PathLike[str]
+
+
+def _as_model(value: object, model: type[M], what: str, load: Callable[[Path], M]) -> M:
+    """``value`` as a ``model``: the object itself, a dict of its fields, or a file to load."""
+    if isinstance(value, model):
+        return value
+    if isinstance(value, Mapping):
+        return model.model_validate(dict(value))
+    if not isinstance(value, str | os.PathLike):
+        raise InputError(
+            f"{what} = {shown(value)}: give a {model.__name__}, a dict of its fields or a file path"
+        )
+    return load(Path(value))
 
 
 def as_table(table: TableLike) -> SensitivityTable:
-    if isinstance(table, SensitivityTable):
-        return table
-    if not isinstance(table, str | os.PathLike):
-        raise InputError(f"table = {shown(table)}: give a SensitivityTable or a file path")
-    return io.load_table(Path(table))
+    return _as_model(table, SensitivityTable, "table", io.load_table)
 
 
 def as_constraints(constraints: ConstraintsLike) -> Constraints:
-    if isinstance(constraints, Constraints):
-        return constraints
-    if not isinstance(constraints, str | os.PathLike):
-        raise InputError(f"constraints = {shown(constraints)}: give Constraints or a file path")
-    return io.load_constraints(Path(constraints))
+    return _as_model(constraints, Constraints, "constraints", io.load_constraints)
+
+
+def as_plan(plan: PlanLike) -> Plan:
+    return _as_model(plan, Plan, "plan", io.load_plan)
 
 
 def check_solver_args(solver: object, time_limit: object, mip_gap: object) -> None:
@@ -158,9 +172,10 @@ def solve(
 ) -> Plan:
     """Choose one option per unit minimising predicted loss under the constraints.
 
-    ``table`` and ``constraints`` are objects or file paths. ``solver`` is a registered backend
-    name or ``auto``. Raises InputError (bad input), InfeasibleError (no plan fits),
-    UnsupportedError (the solver cannot handle a constraint) or PlanCheckError.
+    ``table`` and ``constraints`` are objects, dicts of their fields, or file paths. ``solver``
+    is a registered backend name or ``auto``. Raises InputError (bad input), InfeasibleError (no
+    plan fits), UnsupportedError (the solver cannot handle a constraint) or PlanCheckError, all
+    ``AllocatorError``s.
     """
     started = time.perf_counter()
     check_solver_args(solver, time_limit, mip_gap)
@@ -186,14 +201,12 @@ def solve(
     return plan
 
 
-def check_plan(
-    plan: Plan | str | os.PathLike[str], table: TableLike, constraints: ConstraintsLike
-) -> list[str]:
-    """Violations of ``plan`` against ``table`` and ``constraints`` (empty when sound)."""
+def check_plan(plan: PlanLike, table: TableLike, constraints: ConstraintsLike) -> list[str]:
+    """Violations of ``plan`` against ``table`` and ``constraints`` (empty when sound); each
+    argument is an object, a dict of its fields, or a file path."""
     from allocator.solve.checker import check_plan as check
 
-    loaded = plan if isinstance(plan, Plan) else io.load_plan(Path(plan))
-    return check(loaded, as_table(table), as_constraints(constraints))
+    return check(as_plan(plan), as_table(table), as_constraints(constraints))
 
 
 __all__ = ["check_plan", "solve"]

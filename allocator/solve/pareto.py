@@ -10,13 +10,15 @@ from __future__ import annotations
 import csv
 import io as _io
 import numbers
+from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from allocator.errors import InfeasibleError, InputError
 from allocator.patterns import shown
 from allocator.schema.constraints import Budget
 from allocator.schema.plan import Plan
+from allocator.schema.version import FORMAT_VERSION, check_format_version
 from allocator.solve.api import (
     ConstraintsLike,
     TableLike,
@@ -52,7 +54,13 @@ class ParetoFront(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        return check_format_version(version, "pareto front")
+
     points: list[ParetoPoint]
     table_hash: str
     constraints_hash: str
@@ -89,16 +97,19 @@ def check_budgets(budgets: object) -> set[float]:
     return values
 
 
-def sweep(
+def pareto(
     table: TableLike,
     constraints: ConstraintsLike,
-    budgets: list[float] | tuple[float, ...] = DEFAULT_BUDGETS,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
     solver: str = "auto",
     time_limit: float | None = None,
     mip_gap: float = 0.0,
     progress: bool = False,
 ) -> list[ParetoPoint]:
-    """Solve at each average-bits budget (ascending); loss is non-increasing along the result."""
+    """Solve at each average-bits budget (ascending); loss is non-increasing along the result.
+
+    ``table`` and ``constraints`` are objects, dicts of their fields, or file paths; a budget
+    below the smallest achievable size gives a point with ``feasible=False`` and the reason."""
     from tqdm import tqdm
 
     check_solver_args(solver, time_limit, mip_gap)
@@ -132,6 +143,9 @@ def sweep(
         best = plan
         points.append(_point(budget, plan))
     return points
+
+
+sweep = pareto  # the name the CLI and service use
 
 
 def front(table: TableLike, constraints: ConstraintsLike, points: list[ParetoPoint]) -> ParetoFront:

@@ -87,7 +87,7 @@ HOSTILE: list[Any] = [
 
 
 def _hostile(rng: random.Random) -> Any:
-    value = rng.choice(HOSTILE)
+    value = copy.deepcopy(rng.choice(HOSTILE))  # later mutations must not alter HOSTILE
     if rng.random() < 0.1:
         value = [value] * rng.randint(1, 3)
     return value
@@ -218,18 +218,36 @@ def mutate_csv(text: str, rng: random.Random) -> bytes:
 # ------------------------------------------------------------------ independent re-check
 
 
+_GGML_BPW = {  # llama.cpp's ggml types: (K-quant bpw, 32-block fallback bpw) per bit width
+    1: (2.625, 4.5), 2: (2.625, 4.5), 3: (3.4375, 4.5), 4: (4.5, 4.5), 5: (5.5, 5.5),
+    6: (6.5625, 8.5), 7: (8.5, 8.5), 8: (8.5, 8.5),
+}  # fmt: skip
+
+
 def _size_bits(option: Any, unit: Any, overhead: Any) -> float:
-    """cost.py's formula written again from its docstring."""
+    """The size model's formula written again from its docstring (allocator/schema/size.py)."""
     if option.bits == 16:
         return unit.numel * overhead.fp16_bits
-    values = unit.numel * (1 - option.sparsity) * option.bits
+    if overhead.layout == "ggml":
+        k_quant, block32 = _GGML_BPW[option.bits]
+        cols = None if unit.shape is None else unit.shape[1]
+        if cols is None or cols % 256 == 0:
+            return unit.numel * k_quant
+        return unit.numel * (block32 if cols % 32 == 0 else 16.0)
+    stored = option.bits if overhead.storage_bits is None else overhead.storage_bits
+    values = unit.numel * (1 - option.sparsity) * stored
     if unit.shape is None:
         groups = 0.0 if option.group_size is None else unit.numel / option.group_size
     else:
         rows, cols = unit.shape
         group = cols if option.group_size is None else option.group_size
         groups = rows * math.ceil(cols / group)
-    meta = groups * (overhead.scale_bits + (0 if option.symmetric else overhead.zero_bits))
+    zero = 0
+    if not option.symmetric or overhead.zeros_always:
+        zero = option.bits if overhead.zero_packed else overhead.zero_bits
+    meta = groups * (overhead.scale_bits + zero) + overhead.tensor_bits
+    if unit.shape is not None:
+        meta += unit.shape[1] * overhead.column_bits
     if option.sparsity_pattern == "unstructured":
         meta += unit.numel * overhead.mask_bits_per_weight
     elif option.sparsity_pattern == "nm":

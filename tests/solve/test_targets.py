@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from allocator.data.example import load_example
-from allocator.errors import InfeasibleError, UnsupportedError
+from allocator.errors import InfeasibleError, InputError
 from allocator.export import export_plan
 from allocator.schema.constraints import Budget, Constraints, OptionFilter
 from allocator.schema.io import load_constraints
@@ -70,6 +70,6 @@ def test_target_binds_in_the_infeasibility_report() -> None:
 
 
 def test_unknown_target_is_refused() -> None:
-    table, _ = load_example()
-    with pytest.raises(UnsupportedError, match="target 'tensorrt' is unknown"):
-        solve(table, Constraints(budget=Budget(avg_bits=4.0), target="tensorrt"))
+    # refused as bad input when the constraints are built (a SchemaError naming the field)
+    with pytest.raises(InputError, match="target 'tensorrt' is unknown"):
+        Constraints(budget=Budget(avg_bits=4.0), target="tensorrt")
