@@ -6,7 +6,8 @@
 - ``gguf``: a GGUF file quantized by llama.cpp's own quantizer (through ``llama-cpp-python``) with
   the plan's per-tensor ggml types and allocator's importance matrix.
 
-Layering: this package imports ``allocator.quant``, ``allocator.models`` and ``allocator.export``,
+Layering: this package imports ``allocator.quant``, ``allocator.models``, ``allocator.export``
+and ``allocator.schema``,
 never the CLI. ``formats_for`` names the formats that can hold an option, for error messages.
 """
 

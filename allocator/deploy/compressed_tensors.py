@@ -24,7 +24,7 @@ library (0.20.1) has no sparse compressor any more (``ModelCompressor`` writes a
 Checks before writing (``check_plan``): bits 1-8, group sizes that divide the layer's inputs
 (compressed-tensors has no ragged last group), linear layers that transformers builds from the
 config with the same shapes (GPT-2's Conv1D and fused MoE experts are not); ``target="vllm"``
-adds the vLLM rules of ``allocator.export.rules``, ``target="transformers"`` refuses asymmetric
+adds the vLLM rules of ``allocator.schema.targets``, ``target="transformers"`` refuses asymmetric
 units (transformers 5 with compressed-tensors 0.20.1 cannot load asymmetric ``pack-quantized``
 layers: its loader expects unpacked zero points, and the library's own asymmetric checkpoints
 fail the same way).
@@ -45,7 +45,7 @@ from torch import nn
 
 from allocator.errors import InputError, UnsupportedError
 from allocator.export.compressed_tensors import weight_args
-from allocator.export.names import exact_name_patterns
+from allocator.patterns import exact_name_patterns
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
@@ -123,7 +123,7 @@ def check_plan(
             problems.append(f"{a.unit}: {a.option.key}: {why} (formats that can hold it: {could})")
     _raise(problems, f"the plan does not fit --format {FORMAT}")
     if target == "vllm":
-        from allocator.export.rules import enforce, get_rules
+        from allocator.schema.targets import enforce, get_rules
 
         enforce(plan, get_rules("vllm"), shapes)
 

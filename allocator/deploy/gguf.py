@@ -127,6 +127,42 @@ def _permute(weight: np.ndarray, n_head: int, n_head_kv: int | None = None) -> n
     )
 
 
+def _unpermute(weight: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """Inverse of ``_permute``: llama.cpp's q/k rows back to the Hugging Face order."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (
+        weight.reshape(n_head, weight.shape[0] // n_head // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def unit_weights(
+    path: str | os.PathLike[str], units: list[str], config: Any, model_type: str = "llama"
+) -> dict[str, np.ndarray]:
+    """The (out, in) float32 weights of ``units`` as a GGUF holds them, dequantized by gguf-py
+    and with q/k rows back in the Hugging Face order (what allocator's model holds)."""
+    import gguf
+
+    from allocator.models.gguf_names import hf_to_gguf
+
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+    out = {}
+    for unit in units:
+        name = hf_to_gguf(unit, model_type)
+        tensor = tensors[name]
+        weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        if ".attn_q." in name:
+            weight = _unpermute(weight, n_head, n_head)
+        elif ".attn_k." in name:
+            weight = _unpermute(weight, n_head, n_kv)
+        out[unit] = weight
+    return out
+
+
 def write_llama_gguf(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """An F32 GGUF of a Llama-family Hugging Face folder with a BPE ``tokenizer.json``."""
     import json
@@ -134,7 +170,7 @@ def write_llama_gguf(folder: str | os.PathLike[str], out: str | os.PathLike[str]
     import gguf
     from transformers import AutoConfig
 
-    from allocator.export.names import LLAMA_BLOCK_TENSORS
+    from allocator.models.gguf_names import LLAMA_BLOCK_TENSORS
     from allocator.models.loader import load_model
 
     path = Path(folder)
@@ -237,7 +273,7 @@ def importance_matrix(model: Any, windows: Any, model_type: str = "llama") -> di
     import torch
     from torch import nn
 
-    from allocator.export.names import hf_to_gguf
+    from allocator.models.gguf_names import hf_to_gguf
     from allocator.models.units import find_units
 
     names = [u.name for u in find_units(model)]
@@ -411,7 +447,7 @@ def check_written(
     import re
 
     from allocator.export.llamacpp import GGML_TYPES
-    from allocator.export.names import hf_to_gguf
+    from allocator.models.gguf_names import hf_to_gguf
 
     written = tensor_types(path)
     compiled = [(re.compile(p), t) for p, t in overrides]
