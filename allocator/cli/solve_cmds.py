@@ -21,6 +21,7 @@ from allocator.schema.io import json_schema
 
 TABLE_HELP = "sensitivity table (.json or long-format .csv); default: the bundled example"
 CONSTRAINTS_HELP = "constraint file (.yaml, .toml, .json); default: the bundled example"
+SOLVER_HELP = "backend name (see 'allocator solvers'), or auto"
 
 
 def _inputs(table: Path | None, constraints: Path | None) -> tuple[Any, Any]:
@@ -104,6 +105,28 @@ def register(app: typer.Typer) -> None:
         """Print the JSON Schema of a file format."""
         typer.echo(json.dumps(json_schema(name), indent=1))
 
+    @app.command("solvers")
+    def solvers_cmd(
+        show_all: Annotated[
+            bool, typer.Option("--all", help="also list backends whose library is missing")
+        ] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ) -> None:
+        """List the solver backends installed here (from the solver registry)."""
+        from allocator.solve.registry import solver_table
+
+        rows = [r for r in solver_table() if show_all or r["installed"]]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=1))
+            return
+        for r in rows:
+            names = ", ".join([r["name"], *r["aliases"]])
+            kind = "exact" if r["exact"] else "heuristic"
+            missing = "" if r["installed"] else " [not installed]"
+            typer.echo(
+                f"{names:<22} {kind:<9} {'+'.join(r['supports']):<31} {r['description']}{missing}"
+            )
+
     @app.command("solve")
     def solve_cmd(
         out: Annotated[Path, typer.Option("--out", help="plan to write (.json, .yaml, .toml)")],
@@ -111,7 +134,7 @@ def register(app: typer.Typer) -> None:
         constraints: Annotated[
             Path | None, typer.Option("--constraints", help=CONSTRAINTS_HELP)
         ] = None,
-        solver: Annotated[str, typer.Option("--solver", help="backend name, or auto")] = "auto",
+        solver: Annotated[str, typer.Option("--solver", help=SOLVER_HELP)] = "auto",
         time_limit: Annotated[
             float | None, typer.Option("--time-limit", help="seconds for the solver")
         ] = None,
@@ -180,7 +203,7 @@ def register(app: typer.Typer) -> None:
         budgets: Annotated[
             str, typer.Option("--budgets", help="average bits")
         ] = "2.5,3,3.5,4,4.5,5,6",
-        solver: Annotated[str, typer.Option("--solver", help="backend name, or auto")] = "auto",
+        solver: Annotated[str, typer.Option("--solver", help=SOLVER_HELP)] = "auto",
         time_limit: Annotated[
             float | None, typer.Option("--time-limit", help="seconds per budget")
         ] = None,

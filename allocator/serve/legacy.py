@@ -3,7 +3,7 @@
 
 Endpoints (all JSON):
 - ``GET /health`` -> ``{"status": "ok", "version": ...}``
-- ``GET /solvers`` -> registered solver names
+- ``GET /solvers`` -> names of the installed solver backends
 - ``GET /schema/{constraints|table|plan}`` -> JSON Schema
 - ``POST /solve`` ``{"table": ..., "constraints": ..., "solver": "auto", "time_limit": null}`` -> Plan
 - ``POST /check`` ``{"plan": ..., "table": ..., "constraints": ...}`` -> ``{"ok": bool, "violations": [...]}``
@@ -114,11 +114,9 @@ class AllocatorHandler(BaseHTTPRequestHandler):
             if self.path == "/health":
                 self._reply(HTTPStatus.OK, {"status": "ok", "version": __version__})
             elif self.path == "/solvers":
-                from allocator.solve.backends import load_all
-                from allocator.solve.registry import BACKENDS
+                from allocator.solve.registry import installed_solvers
 
-                load_all()
-                self._reply(HTTPStatus.OK, {"solvers": BACKENDS.names()})
+                self._reply(HTTPStatus.OK, {"solvers": installed_solvers()})
             elif self.path.startswith("/schema/"):
                 self._reply(HTTPStatus.OK, json_schema(self.path.removeprefix("/schema/")))
             else:

@@ -63,8 +63,22 @@ class Ready(BaseModel):
     running: int
 
 
+class SolverInfo(BaseModel):
+    """One solver backend as the registry describes it (``allocator solvers``)."""
+
+    name: str
+    aliases: list[str]
+    description: str
+    exact: bool
+    supports: list[str]
+    installed: bool
+
+
 class Solvers(BaseModel):
+    """The installed solver backends (names, and each one's registry entry)."""
+
     solvers: list[str]
+    details: list[SolverInfo] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):

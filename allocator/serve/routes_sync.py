@@ -54,11 +54,11 @@ async def ready(request: Request) -> Any:
 
 @router.get("/solvers", response_model=Solvers, tags=["solve"], dependencies=[Depends(owner_of)])
 async def solvers() -> Solvers:
-    from allocator.solve.backends import load_all
-    from allocator.solve.registry import BACKENDS
+    """The solver backends installed on this server, with what each supports."""
+    from allocator.solve.registry import solver_table
 
-    load_all()
-    return Solvers(solvers=BACKENDS.names())
+    rows = [row for row in solver_table() if row["installed"]]
+    return Solvers(solvers=[row["name"] for row in rows], details=rows)
 
 
 @router.get("/schema/{name}", tags=["solve"], responses={400: {"model": ErrorBody}})

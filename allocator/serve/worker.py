@@ -125,27 +125,18 @@ def run_pareto(s: dict[str, Any], out: Path, status: Status) -> None:
 
 
 def run_apply(s: dict[str, Any], out: Path, status: Status) -> None:
-    from allocator.cli.apply_cmds import load_any
-    from allocator.models import corpus
-    from allocator.models.windows import token_windows
-    from allocator.quant.apply import apply_plan, needs_calibration
+    from allocator.pipeline.tasks import calibration_windows, load_any
+    from allocator.quant.apply import apply_plan
     from allocator.quant.checkpoint import save_checkpoint
     from allocator.schema.plan import Plan
 
     plan = Plan.model_validate(s["plan"])
     status("load", 0.05)
     loaded = load_any(s["model"])
-    windows = None
-    if needs_calibration(plan, s["method"]):
-        text = (
-            corpus.read_texts(s["calib_text"])
-            if s["calib_text"]
-            else corpus.default_calibration_text()
-        )
-        windows = token_windows(
-            loaded.tokenizer, text, seq_len=s["seq_len"], n_windows=s["calib_windows"],
-            seed=s["seed"], bos=s["bos"],
-        )  # fmt: skip
+    windows = calibration_windows(
+        loaded, plan, s["method"], text=s["calib_text"], windows=s["calib_windows"],
+        seq_len=s["seq_len"], seed=s["seed"], bos=s["bos"],
+    )  # fmt: skip
     status("apply", 0.2, 0.7)
     apply_plan(loaded.model, plan, windows, method=s["method"], act_order=s["act_order"])
     status("save", 0.9)
@@ -154,23 +145,13 @@ def run_apply(s: dict[str, Any], out: Path, status: Status) -> None:
 
 
 def run_eval(s: dict[str, Any], out: Path, status: Status) -> None:
-    from allocator.cli.apply_cmds import load_any
-    from allocator.evaluate import evaluate
-    from allocator.models import corpus
-    from allocator.models.windows import token_windows
+    from allocator.pipeline.tasks import evaluate_spec
 
-    status("load", 0.05)
-    loaded = load_any(s["model"])
-    ref = load_any(s["reference"]) if s["reference"] else None
-    text = corpus.read_texts(s["text"]) if s["text"] else corpus.default_evaluation_text()
-    ids = token_windows(
-        loaded.tokenizer or (ref.tokenizer if ref else None), text, seq_len=s["seq_len"],
-        n_windows=s["windows"], contiguous=True, bos=s["bos"],
+    status("evaluate", 0.05, 0.9)
+    record = evaluate_spec(
+        s["model"], reference=s["reference"], text=s["text"], windows=s["windows"],
+        seq_len=s["seq_len"], batch_size=s["batch_size"], bos=s["bos"],
     )  # fmt: skip
-    status("evaluate", 0.2, 0.75)
-    result = evaluate(loaded.model, ids, ref.model if ref else None, batch_size=s["batch_size"])
-    record = {"perplexity": result.perplexity, "kl": result.kl, "windows": result.n_windows,
-              "tokens": result.n_tokens, "seconds": result.seconds}  # fmt: skip
     atomic_write_text(out / "results.json", json.dumps(record, indent=1) + "\n")
 
 

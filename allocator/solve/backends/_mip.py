@@ -1,4 +1,6 @@
-"""The binary MIP of a Problem as sparse arrays, shared by the ilp, pulp and cvxpy backends.
+"""The binary MIP of a Problem as sparse arrays, and ``MipFrontEnd``, the base of the ilp, pulp
+and cvxpy backends (timing, right-hand-side retries, and the one table per solver that maps its
+own statuses to ours).
 
 Columns: ``x[i, j]`` for every valid cell (row-major), then ``y[o]`` per distinct option id when
 ``max_distinct`` is set. Rows, in order:
@@ -15,8 +17,10 @@ Built with numpy only, no Python loop per variable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -224,6 +228,86 @@ def solve_with_margins(problem: Problem, attempt: Callable[[MipModel], Solution]
             if solution.status == "optimal":
                 solution.status = "feasible"
     return solution
+
+
+Outcome = Literal["finished", "stopped", "failed"]
+
+
+class MipFrontEnd:
+    """Base of the MIP front-ends: ``solve`` times ``attempt`` and retries it on tightened rows
+    (``solve_with_margins``); ``answer`` turns a solver's status, point and dual bound into a
+    Solution through the front-end's ``STATUS`` table (solver status -> ``finished`` (proven),
+    ``stopped`` (a limit hit, plan usable) or ``failed`` (anything unlisted))."""
+
+    name: ClassVar[str]
+    supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources", "max_distinct"})
+    exact: ClassVar[bool] = True
+    STATUS: ClassVar[Mapping[Any, Outcome]] = {}
+    status_key: ClassVar[str] = "status"  # the info key holding the solver's own status
+
+    def solve(
+        self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
+    ) -> Solution:
+        self.check_available()
+        started = time.perf_counter()
+        solution = solve_with_margins(
+            problem, lambda model: self.attempt(problem, model, time_limit, mip_gap)
+        )
+        solution.seconds = time.perf_counter() - started
+        return solution
+
+    def check_available(self) -> None:
+        """Raise UnsupportedError when the solver library is missing (before any work)."""
+
+    def attempt(
+        self, problem: Problem, model: MipModel, time_limit: float | None, mip_gap: float
+    ) -> Solution:
+        raise NotImplementedError
+
+    def outcome(self, native: Any) -> Outcome:
+        return self.STATUS.get(native, "failed")
+
+    def answer(
+        self,
+        problem: Problem,
+        model: MipModel,
+        native: Any,
+        x: np.ndarray | None,
+        bound: float | None,
+        *,
+        shown: str | None = None,
+        **info: Any,
+    ) -> Solution:
+        """The Solution of a solver's answer: ``native`` status, column values ``x`` (None: no
+        point), ``bound`` (from ``received_bound``); ``shown`` names the status in ``info``."""
+        outcome = self.outcome(native)
+        if outcome == "failed" or x is None:
+            return self.no_solution(problem, native if shown is None else shown, **info)
+        choice = model.choice(x, problem)
+        objective, _, _ = problem.evaluate(choice)
+        status, lower_bound = certify(objective, outcome == "finished", bound)
+        return Solution(
+            choice=choice,
+            status=status,
+            objective=objective,
+            lower_bound=lower_bound,
+            solver=self.name,
+            info={self.status_key: str(native if shown is None else shown), **info},
+        )
+
+    def no_solution(self, problem: Problem, why: Any, **info: Any) -> Solution:
+        return no_solution(self.name, problem, {self.status_key: str(why), **info})
+
+
+def no_solution(name: str, problem: Problem, info: dict[str, Any]) -> Solution:
+    """An ``infeasible`` Solution (the solver found no plan)."""
+    return Solution(
+        choice=np.zeros(problem.n_units, dtype=np.int64),
+        status="infeasible",
+        objective=float("inf"),
+        solver=name,
+        info=info,
+    )
 
 
 def _usage(problem: Problem, choice: np.ndarray) -> np.ndarray:

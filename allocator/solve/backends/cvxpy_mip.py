@@ -11,18 +11,20 @@ spends slack on the best loss-per-cost upgrades. Its status is ``heuristic``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from allocator.errors import UnsupportedError
 from allocator.solve.backends._mip import (
+    MipFrontEnd,
     MipModel,
+    Outcome,
     build_mip,
-    certify,
+    no_solution,
     received_bound,
     round_relaxed,
-    solve_with_margins,
 )
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS
@@ -58,11 +60,21 @@ def _cvxpy_problem(model: MipModel, boolean: bool) -> tuple[Any, Any]:
     return cp.Problem(cp.Minimize(model.objective @ x), constraints), x
 
 
-class _CvxpyMip:
-    name: ClassVar[str] = "cvxpy"
-    supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources", "max_distinct"})
-    exact: ClassVar[bool] = True
+class _CvxpyMip(MipFrontEnd):
+    name: ClassVar[str] = "cvxpy_highs"
     engine: ClassVar[str] = "HIGHS"
+    requires: ClassVar[tuple[str, ...]] = ("cvxpy", "scipy")
+    status_key: ClassVar[str] = "cvxpy_status"
+    STATUS: ClassVar[Mapping[Any, Outcome]] = {
+        "optimal": "finished",
+        "optimal_inaccurate": "stopped",
+        "user_limit": "stopped",
+    }
+
+    def check_available(self) -> None:
+        cp = _import_cvxpy()
+        if self.engine not in cp.installed_solvers():
+            raise UnsupportedError(f"cvxpy has no {self.engine} solver here; use solver 'ilp'")
 
     def _options(self, time_limit: float | None, mip_gap: float) -> dict[str, Any]:
         if self.engine == "HIGHS":
@@ -75,20 +87,7 @@ class _CvxpyMip:
             scipy_options["time_limit"] = float(time_limit)
         return {"scipy_options": scipy_options}
 
-    def solve(
-        self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
-    ) -> Solution:
-        cp = _import_cvxpy()
-        if self.engine not in cp.installed_solvers():
-            raise UnsupportedError(f"cvxpy has no {self.engine} solver here; use solver 'ilp'")
-        started = time.perf_counter()
-        solution = solve_with_margins(
-            problem, lambda model: self._attempt(problem, model, time_limit, mip_gap)
-        )
-        solution.seconds = time.perf_counter() - started
-        return solution
-
-    def _attempt(
+    def attempt(
         self, problem: Problem, model: MipModel, time_limit: float | None, mip_gap: float
     ) -> Solution:
         cp = _import_cvxpy()
@@ -96,21 +95,10 @@ class _CvxpyMip:
         try:
             prob.solve(solver=self.engine, **self._options(time_limit, mip_gap))
         except cp.error.SolverError as exc:
-            return _no_solution(self.name, problem, str(exc))
-        if x.value is None or prob.status not in ("optimal", "optimal_inaccurate", "user_limit"):
-            return _no_solution(self.name, problem, prob.status)
-        choice = model.choice(x.value, problem)
-        objective, _, _ = problem.evaluate(choice)
+            return self.no_solution(problem, str(exc))
         bound = received_bound(_dual_bound(prob), model)
-        status, lower_bound = certify(objective, prob.status == "optimal", bound)
-        return Solution(
-            choice=choice,
-            status=status,
-            objective=objective,
-            lower_bound=lower_bound,
-            solver=self.name,
-            info={"cvxpy_status": prob.status, "bound_from_solver": bound is not None},
-        )
+        return self.answer(problem, model, prob.status, x.value, bound,
+                           bound_from_solver=bound is not None)  # fmt: skip
 
 
 def _dual_bound(prob: Any) -> object:
@@ -121,26 +109,9 @@ def _dual_bound(prob: Any) -> object:
     return getattr(stats, "mip_dual_bound", None)
 
 
-def _no_solution(name: str, problem: Problem, why: str) -> Solution:
-    return Solution(
-        choice=np.zeros(problem.n_units, dtype=np.int64),
-        status="infeasible",
-        objective=float("inf"),
-        solver=name,
-        info={"cvxpy_status": why},
-    )
-
-
-@BACKENDS.register("cvxpy")
-class CvxpyBackend(_CvxpyMip):
-    """cvxpy MIP through HiGHS."""
-
-
-@BACKENDS.register("cvxpy_highs")
+@BACKENDS.register("cvxpy_highs", aliases=("cvxpy",))
 class CvxpyHighsBackend(_CvxpyMip):
     """cvxpy MIP through HiGHS."""
-
-    name: ClassVar[str] = "cvxpy_highs"
 
 
 @BACKENDS.register("cvxpy_scipy")
@@ -156,6 +127,7 @@ class CvxpyRelaxBackend:
     """LP relaxation through cvxpy: a proven lower bound plus a rounded plan (heuristic)."""
 
     name: ClassVar[str] = "cvxpy_relax"
+    requires: ClassVar[tuple[str, ...]] = ("cvxpy", "scipy")
     supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources"})
     exact: ClassVar[bool] = False
 
@@ -169,7 +141,7 @@ class CvxpyRelaxBackend:
         solver = "HIGHS" if "HIGHS" in cp.installed_solvers() else None
         prob.solve(solver=solver)
         if x.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
-            return _no_solution(self.name, problem, prob.status)
+            return no_solution(self.name, problem, {"cvxpy_status": prob.status})
         dense = np.zeros(problem.valid.shape)
         dense[model.cell_rows, model.cell_cols] = x.value[: model.n_cells]
         choice = round_relaxed(problem, dense)

@@ -6,7 +6,8 @@ every column whose reduced cost exceeds ``U - L`` cannot be in a plan better tha
 and is fixed to 0 (root reduced-cost fixing), and the incumbent is handed to HiGHS as a start.
 On realistic tables this removes almost every column before branching. Status is ``optimal``
 when HiGHS proves the gap, ``time_limit`` when it stops with an incumbent; ``lower_bound`` is
-HiGHS's dual bound less ``SOLVER_RTOL`` relative (valid for the full problem: the incumbent
+HiGHS's dual bound less ``SOLVER_RTOL`` relative (``received_bound``; valid for the full
+problem: the incumbent
 survives the fixing, so the restricted optimum equals the full one; the slack covers HiGHS's
 own tolerances, which can accept an answer ~1e-7 relative above the optimum on 10^4 units).
 """
@@ -15,29 +16,21 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import highspy
 import numpy as np
 
 from allocator.solve.backends._mip import (
-    SOLVER_RTOL,
+    MipFrontEnd,
     MipModel,
+    Outcome,
+    received_bound,
     round_relaxed,
-    solve_with_margins,
 )
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS
-
-_DONE = {highspy.HighsModelStatus.kOptimal}
-_STOPPED = {
-    highspy.HighsModelStatus.kTimeLimit,
-    highspy.HighsModelStatus.kIterationLimit,
-    highspy.HighsModelStatus.kSolutionLimit,
-    highspy.HighsModelStatus.kInterrupt,
-}
-
 
 INCUMBENT_UPGRADES = 32  # greedy steps spent improving the rounded LP incumbent
 _banner_shown = False
@@ -232,24 +225,20 @@ def fix_by_reduced_cost(
 
 
 @BACKENDS.register("ilp")
-class IlpBackend:
-    """Exact MIP on HiGHS; supports every constraint kind."""
+class IlpBackend(MipFrontEnd):
+    """Exact MIP on HiGHS (highspy); supports every constraint kind."""
 
     name: ClassVar[str] = "ilp"
-    supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources", "max_distinct"})
-    exact: ClassVar[bool] = True
+    status_key: ClassVar[str] = "highs_status"
+    STATUS: ClassVar[Mapping[Any, Outcome]] = {
+        highspy.HighsModelStatus.kOptimal: "finished",
+        highspy.HighsModelStatus.kTimeLimit: "stopped",
+        highspy.HighsModelStatus.kIterationLimit: "stopped",
+        highspy.HighsModelStatus.kSolutionLimit: "stopped",
+        highspy.HighsModelStatus.kInterrupt: "stopped",
+    }
 
-    def solve(
-        self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
-    ) -> Solution:
-        started = time.perf_counter()
-        solution = solve_with_margins(
-            problem, lambda model: self._attempt(problem, model, time_limit, mip_gap)
-        )
-        solution.seconds = time.perf_counter() - started
-        return solution
-
-    def _attempt(
+    def attempt(
         self, problem: Problem, model: MipModel, time_limit: float | None, mip_gap: float
     ) -> Solution:
         upper, incumbent = fix_by_reduced_cost(model, problem)
@@ -264,36 +253,22 @@ class IlpBackend:
             highs.setSolution(start)
         highs.run()
         status = highs.getModelStatus()
+        shown = highs.modelStatusToString(status)
         info = highs.getInfo()
-        has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
-        if not has_solution and status in _STOPPED and incumbent is not None:
-            return Solution(  # stopped before HiGHS accepted any plan: return the start
-                choice=model.choice(incumbent, problem),
-                status="time_limit",
-                objective=problem.evaluate(model.choice(incumbent, problem))[0],
-                solver=self.name,
-                info={"highs_status": highs.modelStatusToString(status)},
-            )
-        if not has_solution or status not in _DONE | _STOPPED:
-            return Solution(
-                choice=np.zeros(problem.n_units, dtype=np.int64),
-                status="infeasible",
-                objective=float("inf"),
-                solver=self.name,
-                info={"highs_status": highs.modelStatusToString(status)},
-            )
-        choice = model.choice(np.asarray(highs.getSolution().col_value), problem)
-        objective, _, _ = problem.evaluate(choice)
-        bound = float(info.mip_dual_bound) * model.objective_scale + model.objective_offset
+        if info.primal_solution_status != 2:  # kSolutionStatusFeasible: HiGHS accepted no plan
+            if self.outcome(status) == "stopped" and incumbent is not None:
+                choice = model.choice(incumbent, problem)  # stopped first: return the start
+                return Solution(
+                    choice=choice,
+                    status="time_limit",
+                    objective=problem.evaluate(choice)[0],
+                    solver=self.name,
+                    info={self.status_key: shown},
+                )
+            return self.no_solution(problem, shown)
         # HiGHS closes gaps only to its internal tolerances (we measured an "optimal" answer
-        # 8.5e-8 above the true optimum on a 10^4-unit instance), so the certified bound
-        # gives that much away
-        bound -= SOLVER_RTOL * abs(bound)
-        return Solution(
-            choice=choice,
-            status="optimal" if status in _DONE else "time_limit",
-            objective=objective,
-            lower_bound=min(bound, objective) if np.isfinite(bound) else None,
-            solver=self.name,
-            info={"highs_status": highs.modelStatusToString(status), "nodes": info.mip_node_count},
-        )
+        # 8.5e-8 above the true optimum on a 10^4-unit instance): received_bound gives that away
+        bound = received_bound(info.mip_dual_bound, model)
+        x = np.asarray(highs.getSolution().col_value)
+        return self.answer(problem, model, status, x, bound, shown=shown,
+                           nodes=info.mip_node_count)  # fmt: skip

@@ -8,19 +8,19 @@ while saying optimal; a bound computed from our own objective would certify them
 
 from __future__ import annotations
 
-import time
 import warnings
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 from allocator.errors import UnsupportedError
-from allocator.solve.backends._mip import MipModel, certify, received_bound, solve_with_margins
+from allocator.solve.backends._mip import MipFrontEnd, MipModel, Outcome, received_bound
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS
 
 
-def _pulp_problem(model: MipModel):
+def _pulp_problem(model: MipModel) -> tuple[Any, list[Any]]:
     import pulp
 
     prob = pulp.LpProblem("allocation", pulp.LpMinimize)
@@ -52,7 +52,7 @@ def _pulp_problem(model: MipModel):
     return prob, variables
 
 
-def _import_pulp():
+def _import_pulp() -> Any:
     try:
         import pulp
     except ImportError:
@@ -62,13 +62,21 @@ def _import_pulp():
     return pulp
 
 
-class _PulpBackend:
-    name: ClassVar[str] = "pulp"
-    supports: ClassVar[frozenset[str]] = frozenset({"budget", "resources", "max_distinct"})
-    exact: ClassVar[bool] = True
+class _PulpBackend(MipFrontEnd):
+    name: ClassVar[str] = "pulp_cbc"
     engine: ClassVar[str] = "cbc"
+    requires: ClassVar[tuple[str, ...]] = ("pulp",)
+    status_key: ClassVar[str] = "pulp_status"
+    # pulp.LpSolution names; PuLP reports "Solution Found" for an integer-feasible stop
+    STATUS: ClassVar[Mapping[Any, Outcome]] = {
+        "Optimal Solution Found": "finished",
+        "Solution Found": "stopped",
+    }
 
-    def _solver(self, time_limit: float | None, mip_gap: float):
+    def check_available(self) -> None:
+        _import_pulp()
+
+    def _solver(self, time_limit: float | None, mip_gap: float) -> Any:
         pulp = _import_pulp()
 
         # PuLP drops a falsy gapRel, so an exact solve asks for a gap below any real difference
@@ -88,60 +96,27 @@ class _PulpBackend:
             warnings.simplefilter("ignore", DeprecationWarning)
             return pulp.PULP_CBC_CMD(**kwargs, options=["preprocess off"])
 
-    def solve(
-        self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
-    ) -> Solution:
-        started = time.perf_counter()
-        solution = solve_with_margins(
-            problem, lambda model: self._attempt(problem, model, time_limit, mip_gap)
-        )
-        solution.seconds = time.perf_counter() - started
-        return solution
-
-    def _attempt(
+    def attempt(
         self, problem: Problem, model: MipModel, time_limit: float | None, mip_gap: float
     ) -> Solution:
         pulp = _import_pulp()
         prob, variables = _pulp_problem(model)
         prob.solve(self._solver(time_limit, mip_gap))
         status = pulp.LpSolution[prob.sol_status]
-        if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-            return Solution(
-                choice=np.zeros(problem.n_units, dtype=np.int64),
-                status="infeasible",
-                objective=float("inf"),
-                solver=self.name,
-                info={"pulp_status": status},
-            )
+        if self.outcome(status) == "failed":
+            return self.no_solution(problem, status)
         values = np.array([v.varValue if v.varValue is not None else 0.0 for v in variables])
-        choice = model.choice(values, problem)
-        objective, _, _ = problem.evaluate(choice)
-        finished = prob.sol_status == pulp.LpSolutionOptimal
         bound = None
         highs = getattr(prob, "solverModel", None) if self.engine == "highs" else None
         if highs is not None and hasattr(highs, "getInfo"):
             bound = received_bound(highs.getInfo().mip_dual_bound, model)
-        status_name, lower_bound = certify(objective, finished, bound)
-        return Solution(
-            choice=choice,
-            status=status_name,
-            objective=objective,
-            lower_bound=lower_bound,
-            solver=self.name,
-            info={"pulp_status": status, "bound_from_solver": bound is not None},
-        )
+        return self.answer(problem, model, status, values, bound,
+                           bound_from_solver=bound is not None)  # fmt: skip
 
 
-@BACKENDS.register("pulp")
-class PulpBackend(_PulpBackend):
-    """PuLP with CBC (the formulation NVIDIA ModelOpt's auto_quantize uses)."""
-
-
-@BACKENDS.register("pulp_cbc")
+@BACKENDS.register("pulp_cbc", aliases=("pulp",))
 class PulpCbcBackend(_PulpBackend):
-    """PuLP with CBC."""
-
-    name: ClassVar[str] = "pulp_cbc"
+    """PuLP with CBC (the formulation NVIDIA ModelOpt's auto_quantize uses)."""
 
 
 @BACKENDS.register("pulp_highs")
