@@ -28,6 +28,7 @@ from allocator.errors import (
     SchemaError,
     UnsupportedError,
 )
+from allocator.export import ExportResult, export_plan, size_model_for
 from allocator.schema import (
     DEFAULT_SIZE_MODEL,
     Assignment,
@@ -55,6 +56,7 @@ __all__ = [
     "Assignment",
     "Budget",
     "Constraints",
+    "ExportResult",
     "InfeasibleError",
     "InputError",
     "Option",
@@ -73,11 +75,13 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "check_plan",
+    "export_plan",
     "load_constraints",
     "load_plan",
     "load_table",
     "pareto",
     "save_plan",
     "save_table",
+    "size_model_for",
     "solve",
 ]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from allocator.export.base import ExportContext, Exporter, ExportResult
 from allocator.registry import Registry
 from allocator.schema.plan import Plan
-from allocator.schema.targets import ALIASES, constraints_for_target, option_fits
+from allocator.schema.size import SizeModel
+from allocator.schema.targets import constraints_for_target, get_rules, option_fits
+from allocator.schema.targets import size_model_for as _size_model_for
 from allocator.schema.unit import Unit
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")
@@ -29,11 +32,31 @@ def _import_all() -> None:
 
 
 def export_plan(
-    plan: Plan, target: str, *, model_type: str = "llama", units: Sequence[Unit] | None = None
+    plan: Plan | Mapping[str, Any],
+    target: str,
+    *,
+    model_type: str = "llama",
+    units: Sequence[Unit] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ExportResult:
-    """Translate a plan into ``target``'s configuration (raises UnsupportedError when it does not fit)."""
-    exporter = EXPORTERS.get(ALIASES.get(target, target))
-    return exporter(plan, ExportContext(model_type=model_type, units=units))
+    """Translate a plan (object or dict) into ``target``'s configuration.
+
+    ``target`` is a name or alias (``allocator export --list``), optionally with a serving
+    variant (``gptqmodel+vllm``) whose rules are checked too; ``units`` (with shapes) enable the
+    size-dependent checks; ``options`` are target-specific settings (``desc_act`` for GPTQ
+    targets). Raises UnsupportedError naming every unit that does not fit.
+    """
+    rules = get_rules(target)
+    exporter = EXPORTERS.get(rules.name.partition("+")[0])
+    plan = plan if isinstance(plan, Plan) else Plan.model_validate(dict(plan))
+    context = ExportContext(model_type=model_type, units=units, rules=rules, options=options or {})
+    return exporter(plan, context)
+
+
+def size_model_for(target: str | None) -> SizeModel:
+    """The size model of an export target (how it stores a weight); see
+    ``allocator.schema.targets``."""
+    return _size_model_for(target)
 
 
 _import_all()
@@ -45,4 +68,5 @@ __all__ = [
     "constraints_for_target",
     "export_plan",
     "option_fits",
+    "size_model_for",
 ]

@@ -14,7 +14,7 @@ from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines, most_common_quantized
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
-from allocator.schema.targets import enforce, get_rules
+from allocator.schema.targets import enforce
 
 
 def option_fields(option: Option) -> dict[str, int | bool | str]:
@@ -27,7 +27,7 @@ def option_fields(option: Option) -> dict[str, int | bool | str]:
 @EXPORTERS.register("autoround")
 def export_autoround(plan: Plan, context: ExportContext) -> ExportResult:
     """AutoRound(model, tokenizer, bits=, group_size=, sym=, layer_config=) arguments."""
-    enforce(plan, get_rules("autoround"), context.unit_shapes())
+    enforce(plan, context.target_rules("autoround"), context.unit_shapes())
     base = most_common_quantized(plan) or Option.parse("b4-g128")
     layer_config = {a.unit: option_fields(a.option) for a in plan.assignments}
     base_fields = option_fields(base)
@@ -37,6 +37,11 @@ def export_autoround(plan: Plan, context: ExportContext) -> ExportResult:
         "sym": base_fields["sym"],
         "layer_config": layer_config,
     }
+    if any(
+        (a.unit == "lm_head" or a.unit.endswith(".lm_head")) and not a.option.is_fp16
+        for a in plan.assignments
+    ):
+        config["quant_lm_head"] = True  # AutoRound skips lm_head unless asked
     n_fp16 = sum(a.option.is_fp16 for a in plan.assignments)
     report = header_lines(
         plan,

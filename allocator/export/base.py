@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,15 +11,24 @@ from typing import Any
 from allocator.schema.io import atomic_write_text
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.targets import TargetRules, get_rules
 from allocator.schema.unit import Unit
 
 
 @dataclass
 class ExportContext:
-    """Inputs besides the plan: the model family (for tensor names) and unit shapes when known."""
+    """Inputs besides the plan: the model family (for tensor names), unit shapes when known, the
+    target's rules (a serving variant's when one was asked for, e.g. ``gptqmodel+vllm``) and
+    target-specific options (``desc_act`` for GPTQ targets)."""
 
     model_type: str = "llama"
     units: Sequence[Unit] | None = None
+    rules: TargetRules | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def target_rules(self, default: str) -> TargetRules:
+        """The rules to enforce: the requested target's, else ``default``'s."""
+        return self.rules if self.rules is not None else get_rules(default)
 
     def unit_shapes(self) -> dict[str, tuple[int, int]]:
         return {u.name: u.shape for u in self.units or () if u.shape is not None}

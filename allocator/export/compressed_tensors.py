@@ -21,7 +21,7 @@ from allocator.export.base import ExportContext, ExportResult, groups_by_option,
 from allocator.patterns import anchored, exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
-from allocator.schema.targets import enforce, get_rules, sparsity_kind
+from allocator.schema.targets import enforce, sparsity_kind
 
 
 def weight_args(option: Option) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def _recipe(plan: Plan, groups: dict[str, Any], sparse: dict[str, list[str]]) ->
 
 
 def build(plan: Plan, target: str, context: ExportContext) -> ExportResult:
-    enforce(plan, get_rules(target), context.unit_shapes())
+    enforce(plan, context.target_rules(target), context.unit_shapes())
     groups = _config_groups(plan)
     sparse = _sparse_units(plan)
     sparsity_config = _sparsity_config(plan, sparse)

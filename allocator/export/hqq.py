@@ -14,13 +14,13 @@ from typing import Any
 from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines
 from allocator.schema.plan import Plan
-from allocator.schema.targets import enforce, get_rules, kind_of
+from allocator.schema.targets import enforce, kind_of
 
 
 @EXPORTERS.register("hqq")
 def export_hqq(plan: Plan, context: ExportContext) -> ExportResult:
     """``{"dynamic_config": {tag: {"nbits", "group_size"}}, "skip_modules": [...]}``."""
-    enforce(plan, get_rules("hqq"), context.unit_shapes())
+    enforce(plan, context.target_rules("hqq"), context.unit_shapes())
     dynamic: dict[str, dict[str, Any]] = {}
     skip = ["lm_head"]
     for a in plan.assignments:

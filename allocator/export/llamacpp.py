@@ -18,58 +18,15 @@ from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines
 from allocator.models.gguf_names import hf_to_gguf
 from allocator.patterns import anchored, exact_names_regex
-from allocator.schema.option import Option
 from allocator.schema.plan import Plan
-from allocator.schema.targets import enforce, get_rules
-
-# ggml type -> (bits per weight, weights per block); bpw = 8 * block bytes / block weights
-GGML_TYPES: dict[str, tuple[float, int]] = {
-    "Q2_K": (2.625, 256),
-    "Q3_K": (3.4375, 256),
-    "Q4_K": (4.5, 256),
-    "Q5_K": (5.5, 256),
-    "Q6_K": (6.5625, 256),
-    "Q4_0": (4.5, 32),
-    "Q4_1": (5.0, 32),
-    "Q5_0": (5.5, 32),
-    "Q5_1": (6.0, 32),
-    "Q8_0": (8.5, 32),
-    "IQ4_NL": (4.5, 32),
-    "IQ4_XS": (4.25, 256),
-    "IQ3_S": (3.4375, 256),
-    "IQ3_XXS": (3.0625, 256),
-    "IQ2_S": (2.5625, 256),
-    "IQ2_XS": (2.3125, 256),
-    "IQ2_XXS": (2.0625, 256),
-    "F16": (16.0, 1),
-}
-# Bit width -> ggml types in order of preference: the K-quant of that width, then the smallest
-# 32-block type with at least that many bits (IQ types need an imatrix, so none is chosen here).
-PREFERENCE: dict[int, tuple[str, ...]] = {
-    2: ("Q2_K", "Q4_0"),
-    3: ("Q3_K", "Q4_0"),
-    4: ("Q4_K", "Q4_0"),
-    5: ("Q5_K", "Q5_0"),
-    6: ("Q6_K", "Q8_0"),
-    7: ("Q8_0",),
-    8: ("Q8_0",),
-    16: ("F16",),
-}
-
-
-def ggml_type_for(option: Option, in_features: int | None) -> str:
-    """The ggml type for an option on a tensor whose rows hold ``in_features`` weights."""
-    for name in PREFERENCE[option.bits]:
-        block = GGML_TYPES[name][1]
-        if in_features is None or in_features % block == 0:
-            return name
-    return "F16"
+from allocator.schema.size import GGML_TYPES, ggml_type_for
+from allocator.schema.targets import enforce
 
 
 @EXPORTERS.register("llamacpp")
 def export_llamacpp(plan: Plan, context: ExportContext) -> ExportResult:
     """Tensor-type file: one anchored pattern per ggml type, listing exact GGUF tensor names."""
-    enforce(plan, get_rules("llamacpp"), context.unit_shapes())
+    enforce(plan, context.target_rules("llamacpp"), context.unit_shapes())
     shapes = context.unit_shapes()
     by_type: dict[str, list[str]] = defaultdict(list)
     mapping: dict[tuple[str, str], list[int]] = defaultdict(list)

@@ -21,7 +21,7 @@ from allocator.export import EXPORTERS
 from allocator.export.base import ExportContext, ExportResult, header_lines
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
-from allocator.schema.targets import enforce, get_rules
+from allocator.schema.targets import enforce
 
 
 def quantizer_fields(option: Option) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def quantizer_fields(option: Option) -> dict[str, Any]:
 @EXPORTERS.register("modelopt")
 def export_modelopt(plan: Plan, context: ExportContext) -> ExportResult:
     """``{"quant_cfg": [...], "algorithm": "max"}`` for ``modelopt.torch.quantization.quantize``."""
-    enforce(plan, get_rules("modelopt"), context.unit_shapes())
+    enforce(plan, context.target_rules("modelopt"), context.unit_shapes())
     entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
     legacy: dict[str, Any] = {"default": {"enable": False}}
     for a in plan.assignments:

@@ -18,7 +18,7 @@ from allocator.export.base import ExportContext, ExportResult, groups_by_option,
 from allocator.patterns import exact_names_regex
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
-from allocator.schema.targets import enforce, get_rules
+from allocator.schema.targets import enforce
 
 
 def intx_config(option: Option) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def intx_config(option: Option) -> dict[str, Any]:
 @EXPORTERS.register("torchao")
 def export_torchao(plan: Plan, context: ExportContext) -> ExportResult:
     """Serialized FqnToConfig: one ``re:`` key per option, fp16 units mapped to None."""
-    enforce(plan, get_rules("torchao"), context.unit_shapes())
+    enforce(plan, context.target_rules("torchao"), context.unit_shapes())
     fqn_to_config: dict[str, Any] = {}
     for option, units in groups_by_option(plan):
         key = "re:" + exact_names_regex(units)

@@ -19,7 +19,7 @@ from allocator.errors import InputError
 from allocator.patterns import check_pattern
 from allocator.schema.base import SchemaModel
 from allocator.schema.option import Option
-from allocator.schema.size import SizeModel, size_model_for
+from allocator.schema.size import SizeModel
 from allocator.schema.version import FORMAT_VERSION, check_format_version
 
 MAX_VALUE = 1e30  # budgets and resource limits: far beyond any model, far below float overflow
@@ -314,6 +314,8 @@ class Constraints(SchemaModel):
         """Without an ``overhead`` of its own, a target's constraints count sizes as the
         target stores them (``allocator.schema.size.size_model_for``)."""
         if self.target is not None:
+            from allocator.schema.targets import size_model_for  # targets -> ties -> here
+
             size = size_model_for(self.target)  # an unknown target is refused here
             if "overhead" not in self.model_fields_set:
                 object.__setattr__(self, "overhead", size)

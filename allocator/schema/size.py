@@ -239,34 +239,3 @@ GGML_SIZE_MODEL = SizeModel(layout="ggml")
 TORCHAO_SIZE_MODEL = SizeModel(scale_bits=16, zero_bits=8, zeros_always=True, storage_bits=8)
 """torchao IntxWeightOnlyConfig (default unpacked_to_int8 layout): int8 values whatever the
 width, a 16-bit scale and an int8 zero point per group."""
-
-TARGET_SIZE_MODELS: dict[str, SizeModel] = {
-    "gptqmodel": GPTQ_SIZE_MODEL,
-    "autoround": GPTQ_SIZE_MODEL,
-    "compressed-tensors": COMPRESSED_TENSORS_SIZE_MODEL,
-    "vllm": COMPRESSED_TENSORS_SIZE_MODEL,
-    "llamacpp": GGML_SIZE_MODEL,
-    "torchao": TORCHAO_SIZE_MODEL,
-    "modelopt": DEFAULT_SIZE_MODEL,  # symmetric fp16-scaled blocks: no zero points
-    "hqq": DEFAULT_SIZE_MODEL,  # fp16 scale and zero per group
-}
-_SIZE_ALIASES = {
-    "llm-compressor": "compressed-tensors",
-    "llama.cpp": "llamacpp",
-    "gguf": "llamacpp",
-}
-
-
-def size_model_for(target: str | None) -> SizeModel:
-    """The size model of an export target (``gptqmodel``, ``gptqmodel+vllm``, ``llamacpp``...);
-    the default model for ``None``. An unknown target is an InputError naming the known ones."""
-    if target is None:
-        return DEFAULT_SIZE_MODEL
-    base = target.split("+", 1)[0].strip().lower()
-    base = _SIZE_ALIASES.get(base, base)
-    if base not in TARGET_SIZE_MODELS:
-        from allocator.errors import InputError
-
-        known = ", ".join(sorted([*TARGET_SIZE_MODELS, *_SIZE_ALIASES]))
-        raise InputError(f"target {target!r} is unknown; choose one of: {known}")
-    return TARGET_SIZE_MODELS[base]

@@ -15,16 +15,25 @@ transformers (``nbits`` in {1,2,3,4,8}, affine with zero point), torchao ``IntxW
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocator.errors import UnsupportedError
+from allocator.errors import InputError, UnsupportedError
 from allocator.patterns import exact_name_patterns
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
+from allocator.schema.size import (
+    COMPRESSED_TENSORS_SIZE_MODEL,
+    DEFAULT_SIZE_MODEL,
+    GGML_SIZE_MODEL,
+    GPTQ_SIZE_MODEL,
+    TORCHAO_SIZE_MODEL,
+    SizeModel,
+)
 from allocator.schema.ties import preset_groups, preset_key
 from allocator.schema.unit import Unit
 
@@ -33,8 +42,12 @@ ANY_GROUP = "any"
 
 @dataclass(frozen=True)
 class TargetRules:
-    """What a target accepts. ``groups[bits]`` lists allowed group sizes (None = per channel);
-    a bits value missing from ``groups`` takes ``groups[0]`` (the default row)."""
+    """An export target and what it accepts: the registry entry that owns the target's metadata
+    (name, aliases, size model, option defaults, serving variants, output file suffix).
+
+    ``groups[bits]`` lists allowed group sizes (None = per channel); a bits value missing from
+    ``groups`` takes ``groups[0]`` (the default row). ``variants`` are opt-in serving rules
+    (``gptqmodel+vllm``): field overrides applied on top of the base rules."""
 
     name: str
     bits: frozenset[int]
@@ -47,6 +60,12 @@ class TargetRules:
     per_kind_uniform: bool = False
     group_divides: bool = False  # group size must divide in_features (no ragged last group)
     why: str = ""
+    aliases: tuple[str, ...] = ()
+    size_model: SizeModel = DEFAULT_SIZE_MODEL  # how the target stores a weight (sizes)
+    option_defaults: Mapping[str, Any] = field(default_factory=dict)  # e.g. symmetric for GPTQ
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    suffix: str = ".json"  # the main output file's usual extension
+    description: str = ""
 
     def allowed_groups(self, bits: int) -> frozenset[int | None] | str:
         return self.groups.get(bits, self.groups.get(0, ANY_GROUP))
@@ -67,9 +86,7 @@ class TargetRules:
         if self.symmetric is False and option.symmetric:
             return "symmetric not supported (always stores a zero point)"
         if option.bits in self.symmetric_bits and not option.symmetric:
-            return (
-                f"{option.bits}-bit must be symmetric (vLLM serves GPTQ-format W8 symmetric only)"
-            )
+            return f"{option.bits}-bit must be symmetric ({self.name}: vLLM serves GPTQ-format W8 symmetric only)"
         pattern = sparsity_kind(option)
         if pattern not in self.sparsity:
             return f"sparsity {pattern} not supported (allowed: {sorted(self.sparsity)})"
@@ -84,6 +101,9 @@ def sparsity_kind(option: Option) -> str:
 
 _GROUPS_STD: frozenset[int | None] = frozenset({None, 32, 64, 128})
 _VLLM_WHY = "vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj; each fused layer takes one scheme"
+# Serving on vLLM, opt-in as ``<target>+vllm``: fused q/k/v and gate/up shards share a scheme,
+# and GPTQ-format 8-bit weights must be symmetric.
+_VLLM_GPTQ = {"symmetric_bits": frozenset({8}), "tie_presets": ("qkv", "gate_up")}
 
 TARGETS: dict[str, TargetRules] = {
     "gptqmodel": TargetRules(
@@ -91,18 +111,22 @@ TARGETS: dict[str, TargetRules] = {
         group_divides=True,
         bits=frozenset({2, 3, 4, 8}),
         groups={0: frozenset({None, 16, 32, 64, 128})},
-        symmetric_bits=frozenset({8}),
-        tie_presets=("qkv", "gate_up"),
-        why="GPTQModel QuantizeConfig bits choices [2,3,4,8]; " + _VLLM_WHY,
+        why="GPTQModel QuantizeConfig bits choices [2,3,4,8]",
+        size_model=GPTQ_SIZE_MODEL,
+        option_defaults={"symmetric": True},
+        variants={"vllm": {**_VLLM_GPTQ, "why": _VLLM_WHY}},
+        description="GPTQModel QuantizeConfig kwargs with a per-module dynamic dict",
     ),
     "autoround": TargetRules(
         "autoround",
         group_divides=True,
         bits=frozenset({2, 3, 4, 8}),
         groups={0: _GROUPS_STD},
-        symmetric_bits=frozenset({8}),
-        tie_presets=("qkv", "gate_up"),
-        why="AutoRound's auto_round/auto_gptq formats pack 2/3/4/8 bits; " + _VLLM_WHY,
+        why="AutoRound's auto_round/auto_gptq formats pack 2/3/4/8 bits",
+        size_model=GPTQ_SIZE_MODEL,
+        option_defaults={"symmetric": True},
+        variants={"vllm": {**_VLLM_GPTQ, "why": _VLLM_WHY}},
+        description="AutoRound arguments with an exact-name layer_config",
     ),
     "compressed-tensors": TargetRules(
         "compressed-tensors",
@@ -110,8 +134,12 @@ TARGETS: dict[str, TargetRules] = {
         bits=frozenset(range(2, 9)),
         groups={0: _GROUPS_STD},
         sparsity=frozenset({"none", "2:4", "unstructured"}),
-        tie_presets=("qkv", "gate_up"),
-        why="pack-quantized int weights; sparse-24-bitmask / sparse-bitmask; " + _VLLM_WHY,
+        why="pack-quantized int weights; sparse-24-bitmask / sparse-bitmask",
+        aliases=("llm-compressor",),
+        size_model=COMPRESSED_TENSORS_SIZE_MODEL,
+        variants={"vllm": {"tie_presets": ("qkv", "gate_up"), "why": _VLLM_WHY}},
+        suffix=".yaml",
+        description="llm-compressor recipe + compressed-tensors quantization_config",
     ),
     "vllm": TargetRules(
         "vllm",
@@ -120,12 +148,19 @@ TARGETS: dict[str, TargetRules] = {
         groups={0: _GROUPS_STD},
         tie_presets=("qkv", "gate_up"),
         why="vLLM compressed-tensors WNA16 kernels take 4 or 8 bits; " + _VLLM_WHY,
+        size_model=COMPRESSED_TENSORS_SIZE_MODEL,
+        suffix=".yaml",
+        description="compressed-tensors restricted to what vLLM's WNA16 kernels serve",
     ),
     "llamacpp": TargetRules(
         "llamacpp",
         bits=frozenset(range(2, 9)),
         groups={0: ANY_GROUP},
         why="ggml types fix their own block size; the group size of the plan is not kept",
+        aliases=("llama.cpp", "gguf"),
+        size_model=GGML_SIZE_MODEL,
+        suffix=".txt",
+        description="llama-quantize --tensor-type-file",
     ),
     "torchao": TargetRules(
         "torchao",
@@ -133,6 +168,8 @@ TARGETS: dict[str, TargetRules] = {
         bits=frozenset(range(1, 9)),
         groups={0: ANY_GROUP},
         why="IntxWeightOnlyConfig takes torch.int1..int8, PerGroup or PerAxis(0)",
+        size_model=TORCHAO_SIZE_MODEL,
+        description="serialized FqnToConfig of IntxWeightOnlyConfig",
     ),
     "modelopt": TargetRules(
         "modelopt",
@@ -142,6 +179,9 @@ TARGETS: dict[str, TargetRules] = {
         tie_presets=("qkv", "gate_up"),
         why="ModelOpt/TensorRT-LLM: INT4 blocks of 64/128 or INT8 per channel, symmetric; "
         "TensorRT-LLM fuses qkv and gate/up",
+        option_defaults={"symmetric": True},
+        suffix=".yaml",
+        description="mtq.quantize quant_cfg (list format, plus the legacy dict format)",
     ),
     "hqq": TargetRules(
         "hqq",
@@ -150,17 +190,42 @@ TARGETS: dict[str, TargetRules] = {
         symmetric=False,
         per_kind_uniform=True,
         why="transformers HqqConfig dynamic_config is keyed by projection type only",
+        description="transformers HqqConfig(dynamic_config=..., skip_modules=...)",
     ),
 }
-ALIASES = {"llm-compressor": "compressed-tensors", "llama.cpp": "llamacpp", "gguf": "llamacpp"}
+ALIASES = {alias: name for name, rules in TARGETS.items() for alias in rules.aliases}
 
 
 def get_rules(target: str) -> TargetRules:
-    name = ALIASES.get(target, target)
+    """A target's rules by name or alias; ``name+variant`` (``gptqmodel+vllm``) adds the
+    variant's opt-in serving rules."""
+    base, plus, variant = target.partition("+")
+    name = ALIASES.get(base, base)
     if name not in TARGETS:
         known = ", ".join(sorted([*TARGETS, *ALIASES]))
         raise UnsupportedError(f"target {target!r} is unknown; choose one of: {known}")
-    return TARGETS[name]
+    rules = TARGETS[name]
+    if not plus:
+        return rules
+    if variant not in rules.variants:
+        offered = ", ".join(f"{name}+{v}" for v in rules.variants) or "none"
+        raise UnsupportedError(
+            f"target {target!r}: {name} has no variant {variant!r}; variants: {offered}"
+        )
+    extra = dict(rules.variants[variant])
+    why = f"{rules.why}; {extra.pop('why', variant)}"
+    return dataclasses.replace(rules, name=f"{name}+{variant}", why=why, variants={}, **extra)
+
+
+def size_model_for(target: str | None) -> SizeModel:
+    """How ``target`` stores a weight (the default size model for None); an unknown target is an
+    InputError naming the known ones."""
+    if target is None:
+        return DEFAULT_SIZE_MODEL
+    try:
+        return get_rules(target).size_model
+    except UnsupportedError as exc:
+        raise InputError(str(exc)) from None
 
 
 def kind_of(unit: str) -> str:

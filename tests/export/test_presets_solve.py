@@ -42,11 +42,11 @@ def test_solved_plan_fits_target(target, units):
     assert check_plan(plan, get_rules(target)) == []
     result = export_plan(plan, target, units=some)
     if target == "llamacpp":  # no tensor falls back to a costlier ggml type than its width's own
-        from allocator.export.llamacpp import PREFERENCE, ggml_type_for
+        from allocator.schema.size import GGML_PREFERENCE, ggml_type_for
 
         shapes = {u.name: u.shape for u in some}
         for unit, option in plan.options_by_unit().items():
-            fallback = ggml_type_for(option, shapes[unit][1]) != PREFERENCE[option.bits][0]
+            fallback = ggml_type_for(option, shapes[unit][1]) != GGML_PREFERENCE[option.bits][0]
             assert not fallback or option.bits in (4, 5), (unit, option.key)
         assert result.config["ggml_bits"] / plan.total_numel < plan.avg_bits + 0.6
 

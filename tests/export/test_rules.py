@@ -34,16 +34,32 @@ def test_constraints_for_target_is_constraints_compatible(target):
 
 
 def test_mixed_plan_problems_are_named(mixed_plan):
-    problems = check_plan(mixed_plan, get_rules("gptqmodel"))
+    problems = check_plan(mixed_plan, get_rules("gptqmodel+vllm"))
     bad_bits = [a for a in mixed_plan.assignments if a.option.bits in (5, 6, 7)]
     assert bad_bits
     for a in bad_bits:
         assert any(p.startswith(f"{a.unit}: {a.option.key}: bits=") for p in problems)
     assert any("fused shards need one scheme" in p and ".qkv" in p for p in problems)
     with pytest.raises(
-        UnsupportedError, match=r"(?s)does not fit target 'gptqmodel'.*target: gptqmodel"
+        UnsupportedError,
+        match=r"(?s)does not fit target 'gptqmodel\+vllm'.*target: gptqmodel\+vllm",
     ):
-        export_plan(mixed_plan, "gptqmodel")
+        export_plan(mixed_plan, "gptqmodel+vllm")
+
+
+def test_serving_rules_are_opt_in(mixed_plan):
+    """Plain gptqmodel/autoround/compressed-tensors check only the format; '+vllm' adds vLLM's
+    fused-shard ties and symmetric 8-bit."""
+    for target in ("gptqmodel", "autoround", "compressed-tensors"):
+        plain = check_plan(mixed_plan, get_rules(target))
+        served = check_plan(mixed_plan, get_rules(f"{target}+vllm"))
+        assert not any("fused shards" in p for p in plain), target
+        assert any("fused shards" in p for p in served), target
+        assert get_rules(f"{target}+vllm").size_model == get_rules(target).size_model
+    assert get_rules("gptqmodel").option_problem(Option.parse("b8-g128")) is None
+    assert "symmetric" in str(get_rules("gptqmodel+vllm").option_problem(Option.parse("b8-g128")))
+    with pytest.raises(UnsupportedError, match="no variant 'sglang'"):
+        get_rules("gptqmodel+sglang")
 
 
 def test_specific_rule_messages(units):
