@@ -19,11 +19,12 @@ Patterns use ``re.search`` semantics against the unit's full name, compiled by
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from allocator.errors import InputError
+from allocator.errors import AllocatorWarning, InputError
 from allocator.patterns import compile_pattern, shown
 from allocator.schema.constraints import Constraints, OptionFilter
 from allocator.schema.option import Option
@@ -68,16 +69,34 @@ class Reduction:
 _SELECTED = " left by include/exclude"
 
 
-def match_units(pattern: str, names: list[str], where: str, scope: str = "") -> list[str]:
-    """Names that ``pattern`` finds (``re.search``); a pattern matching nothing is an InputError."""
+def match_units(
+    pattern: str,
+    names: list[str],
+    where: str,
+    scope: str = "",
+    *,
+    strict: bool = True,
+    notes: list[str] | None = None,
+) -> list[str]:
+    """Names that ``pattern`` finds (``re.search``). A pattern matching nothing is an InputError
+    when ``strict``, else an ``AllocatorWarning`` (also added to ``notes``) and no match: rule
+    sets written once for several model families (``lm_head`` on a model with tied embeddings)
+    keep working."""
     regex = compile_pattern(pattern, where)
     found = [n for n in names if regex.search(n) is not None]
     if not found:
         example = names[0] if names else "(none)"
-        raise InputError(
+        message = (
             f"{where}: pattern {shown(pattern)} matches no unit{scope}; unit names look like "
             f"{shown(example)} (patterns use re.search; anchor with ^...$ for exact names)"
         )
+        if strict:
+            raise InputError(message)
+        warnings.warn(
+            f"{message}; ignored (strict: true makes this an error)", AllocatorWarning, stacklevel=2
+        )
+        if notes is not None and message not in notes:
+            notes.append(f"ignored: {message}")
     return found
 
 
@@ -85,18 +104,21 @@ def select_units(table: SensitivityTable, constraints: Constraints) -> Candidate
     """Step 1: the units the plan covers, in table order, each with all its table options."""
     names = [u.name for u in table.units]
     selected = set(names)
+    strict, notes = constraints.strict, []
     if constraints.include is not None:
         selected = set()
         for k, pattern in enumerate(constraints.include):
-            selected.update(match_units(pattern, names, f"constraints include[{k}]"))
+            where = f"constraints include[{k}]"
+            selected.update(match_units(pattern, names, where, strict=strict, notes=notes))
     for k, pattern in enumerate(constraints.exclude):
-        selected.difference_update(match_units(pattern, names, f"constraints exclude[{k}]"))
+        where = f"constraints exclude[{k}]"
+        selected.difference_update(match_units(pattern, names, where, strict=strict, notes=notes))
     units = [n for n in names if n in selected]
     if not units:
         raise InputError("constraints include/exclude leave no unit to allocate; loosen them")
     order = [o.key for o in table.options]
     allowed = {n: [k for k in order if k in table.losses[n]] for n in units}
-    return Candidates(units=units, allowed=allowed)
+    return Candidates(units=units, allowed=allowed, notes=notes)
 
 
 def _filter_units(
@@ -145,9 +167,14 @@ def apply_filters(
     if constraints.allowed is not None:
         _filter_units(state, table, state.units, constraints.allowed, "constraints allowed")
     for k, rule in enumerate(constraints.rules):
-        where = f"constraints rules[{k}] (pattern {shown(rule.pattern)})"
+        where = rule.source or f"constraints rules[{k}] (pattern {shown(rule.pattern)})"
         members = match_units(
-            rule.pattern, state.units, f"constraints rules[{k}].pattern", _SELECTED
+            rule.pattern,
+            state.units,
+            f"constraints rules[{k}].pattern",
+            _SELECTED,
+            strict=constraints.strict or rule.source is not None,
+            notes=state.notes,
         )
         _filter_units(
             state,
@@ -168,13 +195,25 @@ def apply_pins(state: Candidates, table: SensitivityTable, constraints: Constrai
         if rule.pin is None:
             continue
         members = match_units(
-            rule.pattern, state.units, f"constraints rules[{k}].pattern", _SELECTED
+            rule.pattern,
+            state.units,
+            f"constraints rules[{k}].pattern",
+            _SELECTED,
+            strict=constraints.strict,
+            notes=state.notes,
         )
         for name in members:
             if rule.pin not in table.losses[name]:
                 raise InputError(
                     f"constraints rules[{k}].pin: option {rule.pin!r} is not in the table for unit "
                     f"{name!r} (it has {sorted(table.losses[name])}); pin one of those"
+                )
+            blocked = target_problem(constraints.target, rule.pin)
+            if rule.pin not in state.allowed[name] and blocked:
+                raise InputError(
+                    f"constraints rules[{k}].pin: option {rule.pin!r} for unit {name!r} is not "
+                    f"accepted by target {constraints.target!r}: {blocked}; pin an option the "
+                    "target accepts, or choose another target (e.g. without '+vllm')"
                 )
             if rule.pin not in state.allowed[name]:
                 raise InputError(
@@ -203,15 +242,22 @@ class _UnionFind:
 
 
 def tie_groups(
-    table: SensitivityTable, constraints: Constraints, units: list[str]
+    table: SensitivityTable,
+    constraints: Constraints,
+    units: list[str],
+    notes: list[str] | None = None,
 ) -> list[list[str]]:
     """Groups of units that must share one option (singletons included), in table order."""
     forest = _UnionFind(units)
     for g, group in enumerate(constraints.ties):
         members: list[str] = []
         for p, pattern in enumerate(group):
-            members += match_units(pattern, units, f"constraints ties[{g}][{p}]", _SELECTED)
-        forest.union(members)
+            where = f"constraints ties[{g}][{p}]"
+            members += match_units(
+                pattern, units, where, _SELECTED, strict=constraints.strict, notes=notes
+            )
+        if members:
+            forest.union(members)
     unit_of = {u.name: u for u in table.units}
     for members in preset_groups([unit_of[name] for name in units], constraints.tie_presets):
         forest.union(members)
@@ -223,7 +269,7 @@ def tie_groups(
 
 def tie_units(state: Candidates, table: SensitivityTable, constraints: Constraints) -> Candidates:
     """Step 4: merge tied units; a group keeps the options every member allows."""
-    state.groups = tie_groups(table, constraints, state.units)
+    state.groups = tie_groups(table, constraints, state.units, state.notes)
     for members in state.groups:
         if len(members) == 1:
             continue
@@ -232,9 +278,10 @@ def tie_units(state: Candidates, table: SensitivityTable, constraints: Constrain
         ]
         if not common:
             detail = "; ".join(f"{m} allows {state.allowed[m]}" for m in members[:4])
+            fused = f" (target {constraints.target!r} fuses them)" if constraints.target else ""
             raise InputError(
-                f"constraints ties: units {members[:4]} must share an option but have none in "
-                f"common ({detail}); loosen their rules or untie them"
+                f"constraints ties{fused}: units {members[:4]} must share an option but have "
+                f"none in common ({detail}); loosen their rules or untie them"
             )
         for m in members:
             state.allowed[m] = common
@@ -244,6 +291,15 @@ def tie_units(state: Candidates, table: SensitivityTable, constraints: Constrain
             f"ties: {merged} units merged into {sum(len(g) > 1 for g in state.groups)} groups"
         )
     return state
+
+
+def target_problem(target: str | None, key: str) -> str | None:
+    """Why ``target`` refuses option ``key`` (None when it accepts it or there is no target)."""
+    if target is None:
+        return None
+    from allocator.schema.targets import get_rules
+
+    return get_rules(target).option_problem(Option.parse(key))
 
 
 def _dominated(cols: np.ndarray, valid: np.ndarray) -> np.ndarray:

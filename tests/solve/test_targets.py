@@ -10,7 +10,7 @@ import pytest
 from allocator.data.example import load_example
 from allocator.errors import InfeasibleError, InputError
 from allocator.export import export_plan
-from allocator.schema.constraints import Budget, Constraints, OptionFilter
+from allocator.schema.constraints import Budget, Constraints, OptionFilter, UnitRule
 from allocator.schema.io import load_constraints
 from allocator.schema.targets import check_plan as check_target
 from allocator.schema.targets import get_rules
@@ -73,3 +73,15 @@ def test_unknown_target_is_refused() -> None:
     # refused as bad input when the constraints are built (a SchemaError naming the field)
     with pytest.raises(InputError, match="target 'tensorrt' is unknown"):
         Constraints(budget=Budget(avg_bits=4.0), target="tensorrt")
+
+
+def test_a_target_rule_is_blamed_not_the_users_pin() -> None:
+    """Pinning an asymmetric 8-bit option is fine for GPTQModel; with '+vllm' the error names
+    the target's serving rule rather than the user's pin."""
+    table, _ = load_example()
+    pin = [UnitRule(pattern=r"layers\.0\.mlp\.down_proj$", pin="b8-g128")]
+    plain = solve(table, Constraints(budget=Budget(avg_bits=4.5), target="gptqmodel", rules=pin))
+    assert plain.options_by_unit()["model.layers.0.mlp.down_proj"].key == "b8-g128"
+    served = Constraints(budget=Budget(avg_bits=4.5), target="gptqmodel+vllm", rules=pin)
+    with pytest.raises(InputError, match=r"not accepted by target 'gptqmodel\+vllm'.*symmetric"):
+        solve(table, served)
