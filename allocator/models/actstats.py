@@ -1,10 +1,19 @@
-"""Input statistics of a linear layer, accumulated batch by batch (GPTQ's ``add_batch``)."""
+"""Input statistics of a linear layer, accumulated batch by batch (GPTQ's ``add_batch``): the
+one Hessian accumulator, used by calibration capture (``allocator.profile.capture``), GPTQ and
+SparseGPT when applying a plan (``allocator.quant.apply``) and the estimators.
+
+``stat_hooks`` installs the forward pre-hooks that feed them; layers fed the same tensor (q/k/v,
+gate/up) share one ActStats, computed once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -25,11 +34,14 @@ class ActStats:
     def __post_init__(self) -> None:
         self.xtx = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
 
-    def add(self, x: torch.Tensor) -> None:
+    def add_batch(self, x: torch.Tensor) -> None:
+        """Add activations (..., in_features); every row is one sample (token)."""
         rows = x.reshape(-1, x.shape[-1]).float()
         self.xtx += (rows.T @ rows).double().cpu()
         self.norm_sum += float(rows.norm(dim=1).sum())
         self.n_tokens += rows.shape[0]
+
+    add = add_batch  # the name older callers use
 
     @property
     def divisor(self) -> int:
@@ -46,3 +58,25 @@ class ActStats:
     @property
     def mean_norm(self) -> float:
         return self.norm_sum / max(self.n_tokens, 1)
+
+
+def stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, ActStats]) -> list[Any]:
+    """Forward pre-hooks accumulating each linear's input into ``stats[name]`` (remove them when
+    done). Layers fed the same tensor share one ActStats, computed once; register them anew for
+    each forward call (the shared-input memo lives as long as the hooks)."""
+    seen: dict[int, tuple[ActStats, torch.Tensor]] = {}
+
+    def make(name: str, module: nn.Linear) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            hit = seen.get(id(x))
+            if hit is not None and hit[1] is x:
+                stats.setdefault(name, hit[0])
+                return
+            acc = stats.setdefault(name, ActStats(module.in_features))
+            acc.add_batch(x)
+            seen[id(x)] = (acc, x)  # keeping x alive prevents another tensor reusing its id
+
+        return hook
+
+    return [m.register_forward_pre_hook(make(n, m)) for n, m in linears.items()]

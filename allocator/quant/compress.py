@@ -1,7 +1,8 @@
 """Compress one weight under an Option: prune, then quantize; the single entry point used by
 profiling (``compress_weight``) and by ``apply_plan`` (``compress``, which also keeps the codes).
 
-Methods (the option's ``@method`` suffix):
+Methods (the option's ``@method`` suffix) live in the ``QUANT_METHODS`` registry with what each
+needs from calibration (``needs_hessian``, ``act_sq``):
 - ``rtn``: round-to-nearest; a sparse option is pruned with Wanda when ``act_sq`` is given,
   by magnitude otherwise;
 - ``gptq``: GPTQ with the layer's input Hessian; a sparse option is pruned and quantized jointly
@@ -15,19 +16,19 @@ checkpoint reproduces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from allocator.errors import InputError, UnsupportedError
-from allocator.quant.gptq import gptq_quantize, group_params_fp16
+from allocator.quant.gptq import gptq_quantize
 from allocator.quant.prune import magnitude_scores, mask_from_scores, wanda_scores
-from allocator.quant.rtn import QuantizedWeight, effective_group, quantize_with_params
+from allocator.quant.rtn import QuantizedWeight, fake_quantize, quantize_rtn
 from allocator.quant.sparsegpt import sparsegpt_prune
+from allocator.registry import Registry
 from allocator.schema.option import Option
-
-METHODS = ("rtn", "gptq", "sparsegpt", "wanda", "magnitude")
-HESSIAN_METHODS = ("gptq", "sparsegpt")
 
 
 @dataclass
@@ -40,43 +41,133 @@ class CompressedWeight:
     quantized: QuantizedWeight | None = None  # None for fp16 options
 
 
+Compressor = Callable[..., "CompressedWeight"]
+
+
+@dataclass(frozen=True)
+class QuantMethod:
+    """A quantizer method (an option's ``@method``) and what it needs from calibration.
+
+    ``run(w, option, hessian, act_sq, act_order)`` compresses a (non-fp16) fp32 weight;
+    ``act_sq``: whether sparse options read per-column input mean squares (Wanda masks).
+    """
+
+    name: str
+    description: str
+    run: Compressor
+    needs_hessian: bool = False
+    act_sq: Literal["no", "optional", "required"] = "no"
+
+
+QUANT_METHODS: Registry[QuantMethod] = Registry("quantizer method")
+
+
+def register(method: QuantMethod) -> QuantMethod:
+    """Add a method (adding one is a function and this call, e.g. in a module of its own)."""
+    QUANT_METHODS.register(method.name)(method)
+    return method
+
+
+def method_of(option: Option) -> QuantMethod:
+    """The registered method of an option (UnsupportedError naming the known ones)."""
+    return QUANT_METHODS.get(option.method)
+
+
+def needs_hessian(option: Option) -> bool:
+    """Whether compressing under ``option`` needs the layer's input Hessian."""
+    return not option.is_fp16 and method_of(option).needs_hessian
+
+
+def uses_act_sq(option: Option) -> bool:
+    """Whether a sparse ``option`` reads per-column input mean squares (Wanda masks)."""
+    return not option.is_fp16 and option.sparsity > 0 and method_of(option).act_sq != "no"
+
+
 def check_option(option: Option, where: str = "option") -> None:
     """Raise InputError/UnsupportedError for options the executor cannot run."""
     if not option.is_fp16 and not 1 <= option.bits <= 8:
         raise InputError(
             f"{where}: bits={option.bits} is out of range; use 2 to 8 bits, or fp16 (bits=16)"
         )
-    if option.method not in METHODS:
+    if option.method not in QUANT_METHODS:
         raise UnsupportedError(
-            f"{where}: method {option.method!r} is unknown; use one of {', '.join(METHODS)}"
+            f"{where}: method {option.method!r} is unknown; use one of "
+            f"{', '.join(QUANT_METHODS.names())}"
         )
 
 
-def rtn_quantize(
-    weight: torch.Tensor, option: Option, keep_mask: torch.Tensor | None = None
-) -> QuantizedWeight:
-    """Group-wise RTN with fp16-rounded scales; pruned weights get code = zero (dequantize to 0)."""
-    group = effective_group(option.group_size, weight.shape[1])
-    w = weight.float() if keep_mask is None else weight.float() * keep_mask
-    scale, zero = group_params_fp16(w, option.bits, group, option.symmetric)
-    codes = quantize_with_params(w, scale, zero, option.bits, group)
-    if keep_mask is not None:
-        zero_cols = zero.repeat_interleave(group, dim=1)[:, : w.shape[1]].to(codes.dtype)
-        codes = torch.where(keep_mask, codes, zero_cols)
-    return QuantizedWeight(codes=codes, scale=scale, zero=zero, bits=option.bits, group_size=group)
-
-
-def _mask_for(
-    weight: torch.Tensor, option: Option, method: str, act_sq: torch.Tensor | None
-) -> torch.Tensor:
-    if method == "wanda" and act_sq is None:
+def _mask_for(weight: torch.Tensor, option: Option, act_sq: torch.Tensor | None) -> torch.Tensor:
+    method = method_of(option)
+    if method.act_sq == "required" and act_sq is None:
         raise InputError(
-            f"option {option.key}: Wanda pruning needs act_sq (per-input-column mean square of "
-            "the layer's activations); pass act_sq or use @magnitude"
+            f"option {option.key}: {method.name} pruning needs act_sq (per-input-column mean "
+            "square of the layer's activations); pass act_sq or use @magnitude"
         )
-    use_wanda = act_sq is not None and method != "magnitude"
-    scores = wanda_scores(weight, act_sq) if use_wanda else magnitude_scores(weight)  # type: ignore[arg-type]
+    use = act_sq is not None and method.act_sq != "no"
+    scores = wanda_scores(weight, act_sq) if use else magnitude_scores(weight)  # type: ignore[arg-type]
     return mask_from_scores(scores, option)
+
+
+def _rtn(
+    w: torch.Tensor,
+    option: Option,
+    hessian: torch.Tensor | None,
+    act_sq: torch.Tensor | None,
+    act_order: bool,
+) -> CompressedWeight:
+    """Prune (sparse options), then round to nearest with fp16 scales."""
+    mask = _mask_for(w, option, act_sq) if option.sparsity > 0 else None
+    quantized = quantize_rtn(w, option.bits, option.group_size, option.symmetric,
+                             fp16_scales=True, keep_mask=mask)  # fmt: skip
+    dequant = quantized.dequantize()
+    if mask is not None:
+        dequant = dequant * mask
+    return CompressedWeight(weight=dequant, option=option, mask=mask, quantized=quantized)
+
+
+def _gptq(
+    w: torch.Tensor,
+    option: Option,
+    hessian: torch.Tensor | None,
+    act_sq: torch.Tensor | None,
+    act_order: bool,
+) -> CompressedWeight:
+    """GPTQ with the layer's H; sparse options pruned and quantized jointly by SparseGPT."""
+    assert hessian is not None
+    if option.sparsity > 0:
+        result = sparsegpt_prune(
+            w,
+            hessian,
+            sparsity=option.sparsity,
+            nm=option.nm if option.sparsity_pattern == "nm" else None,
+            bits=option.bits,
+            group_size=option.group_size,
+            symmetric=option.symmetric,
+        )
+        assert result.quantized is not None
+        return CompressedWeight(
+            weight=result.quantized.dequantize() * result.mask,
+            option=option,
+            mask=result.mask,
+            quantized=result.quantized,
+        )
+    quantized = gptq_quantize(
+        w, hessian, option.bits, option.group_size, symmetric=option.symmetric, act_order=act_order
+    )
+    return CompressedWeight(weight=quantized.dequantize(), option=option, quantized=quantized)
+
+
+register(QuantMethod("rtn", "round to nearest (sparse: Wanda mask given act_sq, else magnitude)",
+                     _rtn, act_sq="optional"))  # fmt: skip
+register(QuantMethod("gptq", "GPTQ with the input Hessian (sparse: SparseGPT)", _gptq,
+                     needs_hessian=True))  # fmt: skip
+register(QuantMethod("sparsegpt", "SparseGPT pruning + GPTQ with the input Hessian", _gptq,
+                     needs_hessian=True))  # fmt: skip
+register(QuantMethod("wanda", "Wanda pruning (needs act_sq), then RTN", _rtn, act_sq="required"))
+register(QuantMethod("magnitude", "magnitude pruning, then RTN", _rtn))
+
+METHODS = tuple(QUANT_METHODS.names())
+HESSIAN_METHODS = tuple(n for n in METHODS if QUANT_METHODS.get(n).needs_hessian)
 
 
 def compress(
@@ -98,7 +189,8 @@ def compress(
     w = weight.detach().float()
     if option.is_fp16:
         return CompressedWeight(weight=w.to(torch.float16).float(), option=option)
-    if option.method in HESSIAN_METHODS:
+    spec = method_of(option)
+    if spec.needs_hessian:
         if hessian is None:
             raise InputError(
                 f"option {option.key}: method {option.method} needs the layer's input Hessian; "
@@ -109,40 +201,7 @@ def compress(
                 f"Hessian shape {tuple(hessian.shape)} does not match the weight's input size "
                 f"{w.shape[1]}; pass the H captured for this layer"
             )
-    sparse = option.sparsity > 0
-    if option.method in HESSIAN_METHODS and sparse:
-        result = sparsegpt_prune(
-            w,
-            hessian,  # type: ignore[arg-type]
-            sparsity=option.sparsity,
-            nm=option.nm if option.sparsity_pattern == "nm" else None,
-            bits=option.bits,
-            group_size=option.group_size,
-            symmetric=option.symmetric,
-        )
-        assert result.quantized is not None
-        return CompressedWeight(
-            weight=result.quantized.dequantize() * result.mask,
-            option=option,
-            mask=result.mask,
-            quantized=result.quantized,
-        )
-    mask = _mask_for(w, option, option.method, act_sq) if sparse else None
-    if option.method in HESSIAN_METHODS:
-        quantized = gptq_quantize(
-            w,
-            hessian,  # type: ignore[arg-type]
-            option.bits,
-            option.group_size,
-            symmetric=option.symmetric,
-            act_order=act_order,
-        )
-    else:
-        quantized = rtn_quantize(w, option, mask)
-    dequant = quantized.dequantize()
-    if mask is not None:
-        dequant = dequant * mask
-    return CompressedWeight(weight=dequant, option=option, mask=mask, quantized=quantized)
+    return spec.run(w, option, hessian, act_sq, act_order)
 
 
 def compress_weight(
@@ -151,5 +210,14 @@ def compress_weight(
     hessian: torch.Tensor | None = None,
     act_sq: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The dequantized (and pruned) weight an option gives, in the weight's dtype."""
+    """The dequantized (and pruned) weight an option gives, in the weight's dtype.
+
+    RTN options take ``fake_quantize``'s vectorized path (the same values as ``compress``, which
+    also keeps the codes), several times faster: profiling compresses every unit per option.
+    """
+    check_option(option)
+    if not option.is_fp16 and method_of(option).run is _rtn:
+        w = weight.detach().float()
+        mask = _mask_for(w, option, act_sq) if option.sparsity > 0 else None
+        return fake_quantize(w, option, mask).to(weight.dtype)
     return compress(weight, option, hessian, act_sq).weight.to(weight.dtype)

@@ -1,8 +1,9 @@
-"""GPTQ (Frantar et al., 2022) in the IST-DASLab accumulator style: ``add_batch`` builds H,
-``quantize`` runs the optimal-brain-quantization column sweep with lazy block updates.
+"""GPTQ (Frantar et al., 2022): the optimal-brain-quantization column sweep with lazy block
+updates, given the layer's input Hessian H.
 
-H is the layer-input second moment ``2/n * X^T X`` (any positive scale gives the same result:
-damping is relative to mean(diag H)). Weights are (out, in); groups run along the input.
+H comes from the one accumulator, ``allocator.models.actstats.ActStats`` (``add_batch`` per
+calibration batch, ``hessian = X^T X / n``; any positive scale gives the same result: damping is
+relative to mean(diag H)). Weights are (out, in); groups run along the input.
 Without act-order each group's scale/zero is computed when the sweep reaches the group's first
 column, on the already-updated weights (GPTQ's default). With act-order the columns are swept in
 order of decreasing ``diag(H)`` and the groups stay the ORIGINAL contiguous column groups, their
@@ -14,25 +15,13 @@ error feedback sees exactly the values the packed checkpoint stores.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 
-from allocator.quant.rtn import QuantizedWeight, effective_group, group_params
-
-FP16_MIN_NORMAL = 2.0**-14
-
-
-def group_params_fp16(
-    weight: torch.Tensor, bits: int, group: int, symmetric: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max (abs-max) scale and zero per group, scale rounded to fp16 as stored; (out, n_groups)."""
-    scale, zero = group_params(weight, bits, group, symmetric)
-    scale = scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
-    return scale, zero
+from allocator.quant.rtn import QuantizedWeight, effective_group, group_params_fp16
 
 
 @contextmanager
@@ -186,26 +175,3 @@ def gptq_quantize(
     return QuantizedWeight(
         codes=codes.to(torch.uint8), scale=scale, zero=zero, bits=bits, group_size=group
     )
-
-
-class GPTQ:
-    """Accumulates a layer's input Hessian ``H = 2/n * sum x x^T`` over calibration batches."""
-
-    def __init__(self, in_features: int) -> None:
-        self.hessian = torch.zeros(in_features, in_features)
-        self.n_samples = 0
-
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        """Add activations (..., in_features); every row is one sample (token)."""
-        x = inputs.detach().reshape(-1, self.hessian.shape[0]).float()
-        n = x.shape[0]
-        if n == 0:
-            return
-        self.hessian *= self.n_samples / (self.n_samples + n)
-        self.n_samples += n
-        x = x * math.sqrt(2.0 / self.n_samples)
-        self.hessian += x.t() @ x
-
-    def quantize(self, weight: torch.Tensor, bits: int, group_size: int | None, **kwargs: object):
-        """GPTQ of ``weight`` with the accumulated H; see ``gptq_quantize`` for options."""
-        return gptq_quantize(weight, self.hessian, bits, group_size, **kwargs)  # type: ignore[arg-type]

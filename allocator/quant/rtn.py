@@ -3,7 +3,13 @@
 Weights are (out_features, in_features); groups run along the input dimension. A ragged last
 group (in_features not a multiple of the group size) is quantized on its own columns.
 Codes are unsigned integers in [0, 2^bits - 1]; ``dequant = (code - zero) * scale``.
-Symmetric options use a fixed zero of 2^(bits-1) (GPTQ's convention).
+Symmetric options use a fixed zero of 2^(bits-1) (GPTQ's convention). Scales are rounded to
+fp16 as checkpoints store them (``fp16_scales``, what every compressor uses; plain fp32 scales
+remain for reference checks).
+
+The one RTN module: ``quantize_rtn`` gives codes (for packing), ``fake_quantize`` the
+quantize-dequantized weight of an option in one vectorized pass (for scoring), with the same
+values; GPTQ and SparseGPT take their group parameters from ``group_params``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from allocator.schema.option import Option
+
+FP16_MIN_NORMAL = 2.0**-14
 
 
 @dataclass
@@ -44,9 +52,10 @@ def _grouped(weight: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def group_params(
-    weight: torch.Tensor, bits: int, group: int, symmetric: bool
+    weight: torch.Tensor, bits: int, group: int, symmetric: bool, *, fp16_scales: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max (or abs-max) scale and zero per group, each (out, n_groups), in fp32."""
+    """Min-max (or abs-max) scale and zero per group, each (out, n_groups), in fp32
+    (``fp16_scales``: the scale rounded to fp16 as stored)."""
     grouped = _grouped(weight.float(), group)
     maxq = 2**bits - 1
     if symmetric:
@@ -58,7 +67,16 @@ def group_params(
         wmax = grouped.amax(dim=2).clamp(min=0)
         scale = ((wmax - wmin) / maxq).clamp(min=1e-8)
         zero = torch.round(-wmin / scale)
+    if fp16_scales:
+        scale = scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
     return scale, zero
+
+
+def group_params_fp16(
+    weight: torch.Tensor, bits: int, group: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``group_params`` with the scale rounded to fp16 as stored; (out, n_groups)."""
+    return group_params(weight, bits, group, symmetric, fp16_scales=True)
 
 
 def quantize_with_params(
@@ -83,17 +101,41 @@ def dequantize(
 
 
 def quantize_rtn(
-    weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = False
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = False,
+    *,
+    fp16_scales: bool = False,
+    keep_mask: torch.Tensor | None = None,
 ) -> QuantizedWeight:
+    """Group-wise RTN codes of ``weight`` (out, in); with ``keep_mask`` the pruned weights are
+    left out of the group parameters and get code = zero (they dequantize to 0)."""
     group = effective_group(group_size, weight.shape[1])
-    scale, zero = group_params(weight, bits, group, symmetric)
-    codes = quantize_with_params(weight, scale, zero, bits, group)
+    w = weight.float() if keep_mask is None else weight.float() * keep_mask
+    scale, zero = group_params(w, bits, group, symmetric, fp16_scales=fp16_scales)
+    codes = quantize_with_params(w, scale, zero, bits, group)
+    if keep_mask is not None:
+        zero_cols = zero.repeat_interleave(group, dim=1)[:, : w.shape[1]].to(codes.dtype)
+        codes = torch.where(keep_mask, codes, zero_cols)
     return QuantizedWeight(codes=codes, scale=scale, zero=zero, bits=bits, group_size=group)
 
 
-def fake_quantize(weight: torch.Tensor, option: Option) -> torch.Tensor:
-    """Quantize-dequantize a weight with RTN under an option (fp16 options round to fp16)."""
+def fake_quantize(
+    weight: torch.Tensor, option: Option, keep_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The quantize-dequantized weight (out, in) fp32 an RTN option gives with fp16 scales
+    (pruned by ``keep_mask`` first): the values of ``quantize_rtn(..., fp16_scales=True)``
+    dequantized, in one vectorized pass (fp16 options round the weight to fp16)."""
     if option.is_fp16:
-        return weight.to(torch.float16).to(weight.dtype)
-    q = quantize_rtn(weight, option.bits, option.group_size, option.symmetric)
-    return q.dequantize().to(weight.dtype)
+        return weight.detach().float().half().float()
+    w = weight.detach().float() if keep_mask is None else weight.detach().float() * keep_mask
+    out_features, in_features = w.shape
+    group = effective_group(option.group_size, in_features)
+    scale, zero = group_params(w, option.bits, group, option.symmetric, fp16_scales=True)
+    x = _grouped(w, group)
+    maxq = 2**option.bits - 1
+    codes = torch.clamp(torch.round(x / scale[..., None]) + zero[..., None], 0, maxq)
+    dequant = ((codes - zero[..., None]) * scale[..., None]).reshape(out_features, -1)
+    dequant = dequant[:, :in_features]
+    return dequant if keep_mask is None else dequant * keep_mask

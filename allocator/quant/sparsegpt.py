@@ -15,13 +15,12 @@ import torch
 
 from allocator.quant.gptq import (
     _group_segment,
-    group_params_fp16,
     inverse_cholesky,
     prepare_hessian,
     quantize_column,
     single_threaded,
 )
-from allocator.quant.rtn import QuantizedWeight, effective_group
+from allocator.quant.rtn import QuantizedWeight, effective_group, group_params_fp16
 
 
 @dataclass

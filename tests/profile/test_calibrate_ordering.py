@@ -2,12 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from allocator.errors import InfeasibleError
 from allocator.profile.calibrate import calibrate_row
 from allocator.profile.combine import combine_scores
-from allocator.profile.ordering import order_allocate
-from allocator.schema.option import Option
-from allocator.schema.unit import Unit
 
 
 def test_calibrated_curve_passes_through_measured_points_and_is_monotone():
@@ -31,26 +27,3 @@ def test_combine_scales_relative_error_by_normalized_score():
     losses = combine_scores({"u": 3.0, "v": 1.0}, {"u": {"b2": 0.1}, "v": {"b2": 0.1}})
     assert losses["u"]["b2"] == pytest.approx(0.15)
     assert losses["v"]["b2"] == pytest.approx(0.05)
-
-
-def test_ordering_gives_low_bits_to_least_important_units_within_budget():
-    units = [Unit(name=f"u{i}", shape=(128, 128)) for i in range(4)]
-    low, high = Option.parse("b2-g128"), Option.parse("b4-g128")
-    scores = {"u0": 0.4, "u1": 0.1, "u2": 0.3, "u3": 0.2}
-    budget = 2 * 128 * 128 * (2 + 32 / 128) + 2 * 128 * 128 * (4 + 32 / 128)
-    choice = order_allocate(scores, units, low, high, budget)
-    assert choice == {"u0": "b4-g128", "u1": "b2-g128", "u2": "b4-g128", "u3": "b2-g128"}
-    with pytest.raises(InfeasibleError):
-        order_allocate(scores, units, low, high, 1000.0)
-
-
-def test_ordering_moves_tied_units_together():
-    units = [
-        Unit(name="q", shape=(64, 64), tie="qkv"),
-        Unit(name="k", shape=(64, 64), tie="qkv"),
-        Unit(name="o", shape=(64, 64)),
-    ]
-    low, high = Option.parse("b2-g64"), Option.parse("b8-g64")
-    choice = order_allocate({"q": 0.0, "k": 0.2, "o": 0.5}, units, low, high, 3 * 64 * 64 * 8)
-    assert choice["q"] == choice["k"] == "b2-g64"
-    assert choice["o"] == "b8-g64"

@@ -48,3 +48,25 @@ def test_method_override_and_errors(weight):
         compress(weight, Option.parse("b4-g128@awq"))
     with pytest.raises(InputError, match="act_sq"):
         compress(weight, Option.parse("b4-g128-s0.5@wanda"))
+
+
+@pytest.mark.parametrize("key", ["b4-g64", "b3-gc-sym", "b4-g64-2:4", "b3-g32-s0.5", "fp16"])
+def test_fast_rtn_path_equals_the_executor(weight, activations, key):
+    """compress_weight (vectorized RTN) gives exactly the values compress packs."""
+    x, _ = activations
+    act_sq = x.square().mean(0)
+    option = Option.parse(key)
+    fast = compress_weight(weight, option, act_sq=act_sq)
+    assert torch.equal(fast, compress(weight, option, act_sq=act_sq).weight)
+
+
+def test_methods_registry_says_what_each_needs():
+    from allocator.quant.compress import QUANT_METHODS, needs_hessian, uses_act_sq
+
+    assert set(QUANT_METHODS.names()) == {"gptq", "magnitude", "rtn", "sparsegpt", "wanda"}
+    assert needs_hessian(Option.parse("b4-g128@gptq")) and not needs_hessian(
+        Option.parse("b4-g128")
+    )
+    assert uses_act_sq(Option.parse("b4-g128-2:4")) and not uses_act_sq(Option.parse("b4-g128"))
+    assert not uses_act_sq(Option.parse("b4-g128-2:4@magnitude"))
+    assert all(QUANT_METHODS.description(n) for n in QUANT_METHODS.names())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from allocator.quant.compress import compress
-from allocator.quant.sparse_storage import nm_storable
+from allocator.quant.packing_sparse import nm_storable
 from allocator.quant.sparsegpt import sparsegpt_prune
 
 from .test_gptq import proxy
