@@ -10,7 +10,7 @@ Building a schema object from bad fields (``Option(bits=9)``, ``SensitivityTable
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ValidationError
 from pydantic._internal._model_construction import ModelMetaclass
@@ -60,7 +60,15 @@ class _WrappingMeta(ModelMetaclass):
             raise schema_error(exc, cls.__name__) from None
 
 
-class SchemaModel(BaseModel, metaclass=_WrappingMeta):
+if TYPE_CHECKING:  # type checkers see plain pydantic models, with their typed __init__
+    _Base = BaseModel
+else:
+
+    class _Base(BaseModel, metaclass=_WrappingMeta):
+        pass
+
+
+class SchemaModel(_Base):
     """A pydantic model whose constructors raise ``SchemaError`` (see the module docstring)."""
 
     @classmethod
