@@ -52,6 +52,9 @@ def _is_usage_error(exc: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    from allocator.models import quiet_library_logs
+
+    quiet_library_logs()  # before any command imports transformers (see allocator.models)
     _register_commands()
     try:
         result = app(args=argv, standalone_mode=False)
