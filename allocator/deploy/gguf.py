@@ -56,14 +56,28 @@ BASE_PRESET = {
 }
 
 
+_LOG: list[str] = []  # llama.cpp's log lines of the current call (kept for error messages)
+_LOG_CALLBACK: Any = None
+
+
 def llama_cpp() -> Any:
-    """The ``llama_cpp`` module, or UnsupportedError saying how to install it."""
+    """The ``llama_cpp`` module (its log collected in ``_LOG``, not printed), or
+    UnsupportedError saying how to install it."""
+    global _LOG_CALLBACK
     try:
         import llama_cpp as module
     except ImportError:
         raise UnsupportedError(
             f"--format gguf quantizes with llama.cpp through llama-cpp-python: {INSTALL}"
         ) from None
+    if _LOG_CALLBACK is None:
+
+        def collect(_level: int, text: bytes, _user: Any) -> None:
+            _LOG.append(text.decode(errors="replace"))
+            del _LOG[:-200]
+
+        _LOG_CALLBACK = module.llama_log_callback(collect)
+        module.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
     return module
 
 
