@@ -6,12 +6,13 @@ overhead counted by ``allocator.cost``. Each (method, budget) row is cached in
 ``benchmarks/results/quality/<method>@<budget>.json`` so a killed run resumes; the table goes to
 ``benchmarks/results/quality.md``.
 
-    python benchmarks/quality.py                       # every method, every budget
-    python benchmarks/quality.py --methods ours,uniform --budgets 3.0,3.5
-    python benchmarks/quality.py --model path/to.gguf --device cuda   # evaluate on a GPU
+    python -m benchmarks.quality                       # every method, every budget
+    python -m benchmarks.quality --methods ours,uniform --budgets 3.0,3.5
+    python -m benchmarks.quality --model path/to.gguf --device cuda   # evaluate on a GPU
 
-Tables for the table-based methods are measured here (``quality_tables``) and cached in
-``benchmarks/results/tables``. Quantization runs on the CPU (the executor's ``apply_plan``);
+Tables for the table-based methods are measured by the library's estimators
+(``benchmarks.quality_tables``) and cached in ``benchmarks/results/tables``; perplexity and KL
+are the library's evaluation (``benchmarks.quality_bench``). Quantization runs on the CPU (the executor's ``apply_plan``);
 evaluation and table measurement run on ``--device``.
 """
 
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 import typer
 
-from allocator.models.corpus import cache_dir, default_calibration_text, default_evaluation_text
+from allocator.evaluate import LogProbCache
+from allocator.models.corpus import default_calibration_text, default_evaluation_text
 from allocator.models.loader import load_model
 from allocator.models.units import find_units
 from allocator.models.windows import token_windows
@@ -37,21 +39,19 @@ from allocator.schema import Constraints, Option, Plan, SensitivityTable
 from allocator.schema.io import atomic_write_text, load_table, save_table
 from allocator.solve import rules
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality_tables as qt
-from quality_bench import (
-    CONFIG,
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import quality_tables as qt
+from benchmarks.quality_bench import (
     Bench,
-    evaluate,
-    fresh_model,
+    cached_reference,
+    evaluate_model,
     quantize,
-    reference_logprobs,
     reference_perplexity,
-    states,
 )
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "quality"
+RESULTS = ROOT / "results" / "quality"  # defaults of --results / --tables
 TABLES = ROOT / "results" / "tables"
 BUDGETS = (3.0, 3.5, 2.5, 4.25)
 GRID = [Option.parse(f"b{b}-g{g}") for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128, 256)]
@@ -67,22 +67,16 @@ SPARSE_OPTIONS = [
 def cached_table(bench: Bench, name: str) -> SensitivityTable:
     """Measure (once) and cache a table under TABLES: kl (dense + sparse options), fisher,
     hutchinson, block_error."""
-    path = TABLES / f"smollm2_{name}_bench.json"
+    path = bench.tables / f"smollm2_{name}_bench.json"
     if path.is_file():
         return load_table(path)
     start = time.perf_counter()
-    units, quiet = bench.units, bench.quiet
-    if name == "kl":
-        tab = qt.kl_table(states(bench), units, TABLE_GRID + SPARSE_OPTIONS, quiet)
-    elif name == "block_error":
-        tab = qt.block_error_table(states(bench), units, TABLE_GRID, quiet)
-    else:
-        model = fresh_model(CONFIG["device"])
-        ids = bench.calib_ids[:8].to(CONFIG["device"])
-        build = qt.fisher_table if name == "fisher" else qt.hutchinson_table
-        tab = build(model, ids if name == "fisher" else ids[:4], units, TABLE_GRID, quiet)
+    options = TABLE_GRID + SPARSE_OPTIONS if name == "kl" else TABLE_GRID
+    model = bench.fresh_model()
+    tab = qt.measure_table(model, bench.calib_ids, name, bench.units, options,
+                           device=bench.device, quiet=bench.quiet)  # fmt: skip
     tab.provenance.settings["seconds"] = round(time.perf_counter() - start, 1)
-    tab.provenance.settings["device"] = CONFIG["device"]
+    tab.provenance.settings["device"] = bench.device
     save_table(tab, path)
     return tab
 
@@ -96,7 +90,9 @@ def dense(tab: SensitivityTable) -> SensitivityTable:
 
 
 def lim_scores(bench: Bench) -> dict[int, float]:
-    return states(bench).lim()
+    if "lim" not in bench.cache:
+        bench.cache["lim"] = qt.lim_scores(bench.fresh_model(), bench.calib_ids, bench.quiet)
+    return bench.cache["lim"]
 
 
 def solve_table(tab: SensitivityTable, budget: float, solver: str = "auto") -> Plan:
@@ -133,26 +129,27 @@ def refined_plan(bench: Bench, budget: float, name: str = "kl") -> Plan:
     windows (RTN weights, 8 x 256 tokens), table rescaled, re-solved, best measured plan kept."""
     from allocator.refine import refine
 
-    by_name = {u.name: u for u in bench.units}
-    measure = lambda choice: states(bench).measure_choice(by_name, choice)  # noqa: E731
+    if "measure" not in bench.cache:
+        bench.cache["measure"] = qt.ChoiceMeasure(bench.fresh_model(), bench.calib_ids, bench.quiet)
+    measure = bench.cache["measure"]
     result = refine(dense(cached_table(bench, name)), Constraints.simple(budget), measure,
                     lambda t, c: solve_table(t, budget), rounds=3)  # fmt: skip
-    out = RESULTS / f"refine_{name}@{budget}.json"
+    out = bench.results / f"refine_{name}@{budget}.json"
     atomic_write_text(out, json.dumps(result.summary(), indent=1))
     return result.plan
 
 
-def named_table(stem: str) -> SensitivityTable:
+def named_table(bench: Bench, stem: str) -> SensitivityTable:
     """A table made by ``allocator profile`` (commands in estimators.md and the README)."""
-    path = TABLES / f"{stem}.json"
+    path = bench.tables / f"{stem}.json"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: make it with the commands in estimators.md")
     return load_table(path)
 
 
-def g128_table(name: str) -> SensitivityTable:
+def g128_table(bench: Bench, name: str) -> SensitivityTable:
     """A table of the estimator benchmark (bits 2-6 at g128)."""
-    return named_table(f"smollm2_{name}_g128")
+    return named_table(bench, f"smollm2_{name}_g128")
 
 
 def kl_plan(bench: Bench, budget: float, sparse: bool = False, solver: str = "auto") -> Plan:
@@ -192,33 +189,33 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
     ),
     "hawq_g128": (
         "HAWQ-V3: Hutchinson trace x ||dW||^2 (g128 table), ILP, RTN",
-        lambda b, x: solve_table(g128_table("hutchinson"), x, "ilp"),
+        lambda b, x: solve_table(g128_table(b, "hutchinson"), x, "ilp"),
         "rtn",
     ),
     "baq_g128": (
         "BAQ-style equal-loss closed form on the measured KL table (g128), RTN",
-        lambda b, x: solve_table(g128_table("kl"), x, "equal_loss"),
+        lambda b, x: solve_table(g128_table(b, "kl"), x, "equal_loss"),
         "rtn",
     ),
     "exl2_g128": (
         "ExLlamaV2-style: block_error (g128 table), prod(1-err) objective, RTN",
-        lambda b, x: solve_table(exl2_objective(g128_table("block_error")), x),
+        lambda b, x: solve_table(exl2_objective(g128_table(b, "block_error")), x),
         "rtn",
     ),
     "kfac_gptq": (
         "ours: K-FAC table of GPTQ errors (groups 64/128/256), exact solve, GPTQ",
-        lambda b, x: solve_table(named_table("smollm2_kfac_gptq"), x),
+        lambda b, x: solve_table(named_table(b, "smollm2_kfac_gptq"), x),
         "gptq",
     ),
     "fisher_sparse": (
         "ours + sparsity options: Fisher table (bits 2-6 x g64/128/256/c x dense/2:4/50%), "
         "exact solve, GPTQ/SparseGPT",
-        lambda b, x: solve_table(named_table("smollm2_fisher_sparse"), x),
+        lambda b, x: solve_table(named_table(b, "smollm2_fisher_sparse"), x),
         "gptq",
     ),
     "kl_g128": (
         "exact solve on the measured single-unit KL table (g128), RTN",
-        lambda b, x: solve_table(g128_table("kl"), x),
+        lambda b, x: solve_table(g128_table(b, "kl"), x),
         "rtn",
     ),
     "fisher_refined_rtn": (
@@ -245,7 +242,7 @@ METHODS: dict[str, tuple[str, Callable[[Bench, float], Plan], str]] = {
 
 
 def run_row(bench: Bench, name: str, budget: float) -> dict[str, Any]:
-    out = RESULTS / f"{name}@{budget}.json"
+    out = bench.results / f"{name}@{budget}.json"
     if out.is_file():
         return json.loads(out.read_text())
     label, build, quantizer = METHODS[name]
@@ -254,7 +251,7 @@ def run_row(bench: Bench, name: str, budget: float) -> dict[str, Any]:
     t1 = time.perf_counter()
     model = quantize(bench, plan, quantizer)
     t2 = time.perf_counter()
-    ppl, kl = evaluate(model, bench)
+    ppl, kl = evaluate_model(model, bench)
     t3 = time.perf_counter()
     row = {
         "method": name,
@@ -279,8 +276,8 @@ def run_row(bench: Bench, name: str, budget: float) -> dict[str, Any]:
     return row
 
 
-def write_markdown(base: dict[str, Any]) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*@*.json"))]
+def write_markdown(bench: Bench, base: dict[str, Any]) -> None:
+    rows = [json.loads(p.read_text()) for p in sorted(bench.results.glob("*@*.json"))]
     rows = [r for r in rows if "method" in r]
     lines = [
         f"# Quality benchmark (SmolLM2-135M, eval Persuasion {base.get('eval_windows', 32)} x 512, "
@@ -300,11 +297,19 @@ def write_markdown(base: dict[str, Any]) -> None:
             f"{r['size_bytes'] / 1e6:.2f} | {r['perplexity']:.2f} | {r['kl']:.4f} | "
             f"{r['predicted_loss']:.4g} | {r['alloc_s']:.1f} | {r['quantize_s']:.1f} | {r['eval_s']:.1f} |"
         )
-    atomic_write_text(RESULTS.parent / f"{RESULTS.name}.md", "\n".join(lines) + "\n")
+    results = bench.results
+    atomic_write_text(results.parent / f"{results.name}.md", "\n".join(lines) + "\n")
 
 
-def setup(quiet: bool, calib_windows: int, cache_reference: bool) -> tuple[Bench, dict[str, Any]]:
-    loaded = load_model(CONFIG["model"])
+def setup(
+    model: str,
+    device: str,
+    folders: tuple[Path, Path],
+    quiet: bool,
+    calib_windows: int,
+    cache_reference: bool,
+) -> tuple[Bench, dict[str, Any]]:
+    loaded = load_model(model)
     tok = loaded.tokenizer
     eval_ids = token_windows(
         tok, default_evaluation_text(), seq_len=512, n_windows=32, contiguous=True
@@ -312,19 +317,13 @@ def setup(quiet: bool, calib_windows: int, cache_reference: bool) -> tuple[Bench
     calib_ids = token_windows(
         tok, default_calibration_text(), seq_len=512, n_windows=calib_windows, seed=0
     )
-    bench = Bench(find_units(loaded.model), eval_ids, calib_ids, quiet)
-    if cache_reference:
-        bench.ref_path = (
-            cache_dir() / "quality" / f"ref_{loaded.model_hash[:12]}_persuasion_32x512.npy"
-        )
-        bench.ref_path.parent.mkdir(parents=True, exist_ok=True)
-        reference_logprobs(loaded.model, eval_ids, bench.ref_path, quiet)
-    else:
-        bench.ref_model = loaded.model.to(CONFIG["device"])
-    base_file = RESULTS / "unmodified.json"
+    bench = Bench(model, device, find_units(loaded.model), eval_ids, calib_ids, quiet, *folders)
+    reference = loaded.model.to(device)
+    bench.reference = cached_reference(reference, eval_ids, quiet) if cache_reference else reference
+    base_file = bench.results / "unmodified.json"
     if base_file.is_file():
         return bench, json.loads(base_file.read_text())
-    base = {"perplexity": reference_perplexity(bench), "kl": 0.0, "device": CONFIG["device"]}
+    base = {"perplexity": reference_perplexity(bench, reference), "kl": 0.0, "device": device}
     atomic_write_text(base_file, json.dumps(base, indent=1) + "\n")
     return bench, base
 
@@ -343,17 +342,17 @@ def main(
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Run the quality benchmark; rows already cached are not recomputed."""
-    global RESULTS, TABLES
-    RESULTS, TABLES = results, tables
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    CONFIG.update(model=model, device=device)
+    results.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    bench, base = setup(quiet, calib_windows, cache_reference and device == "cpu")
+    bench, base = setup(model, device, (results, tables), quiet, calib_windows,
+                        cache_reference and device == "cpu")  # fmt: skip
     if eval_windows < bench.eval_ids.shape[0]:
         bench.eval_ids = bench.eval_ids[:eval_windows]
-        base_file = RESULTS / "unmodified.json"
+        if isinstance(bench.reference, LogProbCache):  # cached on all windows: rebuild on fewer
+            bench.reference = cached_reference(bench.fresh_model(), bench.eval_ids, quiet)
+        base_file = results / "unmodified.json"
         if "eval_windows" not in base:
-            ppl = reference_perplexity(bench)
+            ppl = reference_perplexity(bench, bench.fresh_model())
             base = {"perplexity": ppl, "kl": 0.0, "device": device, "eval_windows": eval_windows}
             atomic_write_text(base_file, json.dumps(base, indent=1) + "\n")
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -373,7 +372,7 @@ def main(
                 f"kl {row['kl']:.4f} ({row['quantize_s'] + row['eval_s'] + row['alloc_s']:.0f}s)",
                 flush=True,
             )
-            write_markdown(base)
+            write_markdown(bench, base)
 
 
 if __name__ == "__main__":
