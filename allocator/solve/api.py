@@ -102,14 +102,19 @@ def versions() -> dict[str, str]:
 
 
 def pick_backend(problem: Problem, solver: str) -> str:
-    """``auto``: the exact B&B ``mckp`` for budget-only problems when registered, else ``ilp``."""
+    """``auto``: the exact ``mckp`` for budget-only problems (and ``max_distinct_options`` with at
+    most ``MAX_SUBSETS`` option subsets) when registered, else ``ilp``."""
     from allocator.solve import backends
 
     backends.load_all()
     if solver != "auto":
         return solver
-    if problem.constraint_kinds() == {"budget"} and "mckp" in BACKENDS:
-        return "mckp"
+    kinds = problem.constraint_kinds()
+    if kinds <= {"budget", "max_distinct"} and "mckp" in BACKENDS:
+        from allocator.solve.backends.distinct import MAX_SUBSETS, n_subsets
+
+        if "max_distinct" not in kinds or n_subsets(problem) <= MAX_SUBSETS:
+            return "mckp"
     return "ilp"
 
 

@@ -112,7 +112,7 @@ def test_budget_below_minimum_is_infeasible() -> None:
         LagrangeBackend().solve(problem)
 
 
-def test_refuses_resources_and_max_distinct() -> None:
+def test_refuses_resources_and_solves_max_distinct_by_subsets() -> None:
     base = make_instance(10, 8, seed=1)
     with_resources = Problem(
         base.cost,
@@ -126,8 +126,9 @@ def test_refuses_resources_and_max_distinct() -> None:
         LagrangeBackend().solve(with_resources)
     ids = np.tile(np.arange(8), (10, 1))
     capped = Problem(base.cost, base.loss, base.valid, base.budget, option_ids=ids, max_distinct=2)
-    with pytest.raises(UnsupportedError, match="max_distinct"):
-        LagrangeBackend().solve(capped)
+    solved = LagrangeBackend().solve(capped)  # one relaxation per option subset
+    assert capped.is_feasible(solved.choice)
+    assert solved.lower_bound is not None and solved.lower_bound <= solved.objective
 
 
 def test_missed_bracket_is_widened(monkeypatch: pytest.MonkeyPatch) -> None:

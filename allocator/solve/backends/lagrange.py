@@ -255,16 +255,21 @@ def relax(problem: Problem, threads: int = THREADS) -> Relaxation:
 
 @BACKENDS.register("lagrange")
 class LagrangeBackend:
-    """Fast heuristic with a certified dual bound; scales to 10^7 units."""
+    """Fast heuristic with a certified dual bound; scales to 10^7 units (max_distinct_options:
+    one relaxation per option subset)."""
 
     name: ClassVar[str] = "lagrange"
-    supports: ClassVar[frozenset[str]] = frozenset({"budget"})
+    supports: ClassVar[frozenset[str]] = frozenset({"budget", "max_distinct"})
     exact: ClassVar[bool] = False
 
     def solve(
         self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
     ) -> Solution:
         check_supported(type(self), problem)
+        if problem.max_distinct is not None:
+            from allocator.solve.backends.distinct import solve_by_subsets
+
+            return solve_by_subsets(problem, exact=False, name=self.name, time_limit=time_limit)
         began = time.perf_counter()
         result = relax(problem)
         gap = result.objective - result.lower_bound

@@ -136,16 +136,21 @@ def _solve_core(
 
 @BACKENDS.register("mckp")
 class MCKPBackend:
-    """Exact budget-only solver: Lagrangian reduction plus a bounded Pareto DP on the core."""
+    """Exact budget solver (Lagrangian reduction plus a bounded Pareto DP on the core);
+    max_distinct_options by option-subset enumeration with bound pruning."""
 
     name: ClassVar[str] = "mckp"
-    supports: ClassVar[frozenset[str]] = frozenset({"budget"})
+    supports: ClassVar[frozenset[str]] = frozenset({"budget", "max_distinct"})
     exact: ClassVar[bool] = True
 
     def solve(
         self, problem: Problem, *, time_limit: float | None = None, mip_gap: float = 0.0
     ) -> Solution:
         check_supported(type(self), problem)
+        if problem.max_distinct is not None:
+            from allocator.solve.backends.distinct import solve_by_subsets
+
+            return solve_by_subsets(problem, exact=True, name=self.name, time_limit=time_limit)
         began = time.perf_counter()
         deadline = began + (time_limit if time_limit is not None else np.inf)
         relaxed = relax(problem)
