@@ -72,19 +72,25 @@ def recipe_option(recipe: Any) -> Option:
     return Option(bits=min(bits, 8), group_size=group, symmetric=True, method=method)
 
 
+def _shape(name: str, model: Any, shapes: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    if shapes is not None and name in shapes:
+        out_features, in_features = shapes[name]
+        return int(out_features), int(in_features)
+    weight = None if model is None else getattr(model.get_submodule(name), "weight", None)
+    if weight is None or weight.dim() != 2:
+        return None
+    return int(weight.shape[0]), int(weight.shape[1])
+
+
 def _numels(
     names: list[str], total: float, model: Any, shapes: Mapping[str, Any] | None
 ) -> list[tuple[tuple[int, int] | None, float]]:
+    """Each module's shape (when known) and weight count (else an equal share of ``total``)."""
     found: list[tuple[tuple[int, int] | None, float]] = []
     for name in names:
-        shape = None
-        if shapes is not None and name in shapes:
-            shape = tuple(int(s) for s in shapes[name])
-        elif model is not None:
-            weight = getattr(model.get_submodule(name), "weight", None)
-            shape = None if weight is None else tuple(int(s) for s in weight.shape)
-        found.append((shape, float(shape[0] * shape[1]) if shape else total / len(names)))  # type: ignore[misc]
-    return found  # type: ignore[return-value]
+        shape = _shape(name, model, shapes)
+        found.append((shape, float(shape[0] * shape[1]) if shape else total / len(names)))
+    return found
 
 
 def table_from_auto_quantize(
