@@ -1,8 +1,10 @@
 """Quick autotuning: a few pruned configs per problem, timed once, cached in memory and on disk.
 
-The cache key is (M bucket, N, K, bits, group size, dtype, device name). Set
-``ALLOCATOR_KERNEL_CACHE=/path/file.json`` to keep choices across processes. Without a GPU
-(the Triton interpreter) nothing is timed: the first candidate is used.
+The cache key is (M bucket, N, K, bits, group size, dtype, device name), prefixed ``km|`` for
+prepared weights (``kernels.prepare``: the K-major kernels, torch's int4/int8 kernels, dequant
++ cuBLAS). Set ``ALLOCATOR_KERNEL_CACHE=/path/file.json`` to keep choices across processes.
+Without a GPU (the Triton interpreter) nothing is timed: the first candidate is used, which for
+prepared weights is the statically cheapest kernel (``benchmarks/results/kernels_static.md``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class KernelConfig:
     reshape: bool = False
     dequant: bool = False
     acc3: bool = False
+    kmajor: bool = False  # the K-major kernels of kernels.kmajor (use_dot: tensor cores)
+    backend: str = "triton"  # or "int4pack" / "int8pack": torch's own kernels (block_* unused)
 
 
 def next_pow2(value: int) -> int:
@@ -110,6 +114,75 @@ def _gemm_candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[
     return out
 
 
+KMAJOR_MAX_M = 64  # above: dequantize once + cuBLAS, or torch's kernels
+KMAJOR_GEMV_MAX_M = 1  # the CUDA-core GEMV is a candidate up to here (spills at M = 4)
+
+
+def split_for(tiles_mn: int, n_k_tiles: int, sms: int, waves: int = 4, min_tiles: int = 2) -> int:
+    """Split-K from the shape: about ``waves`` programs per SM in all, each at least
+    ``min_tiles`` K tiles (the fixup of a split costs one extra pass over the output tile)."""
+    want = -(-waves * sms // max(1, tiles_mn))
+    return max(1, min(want, n_k_tiles // min_tiles))
+
+
+def kmajor_block_k(group_size: int, in_features: int, want: int = 128) -> int | None:
+    """The largest power-of-two K tile <= want that stays inside a group (None: none >= 32)."""
+    block_k = want
+    while block_k >= 32:
+        if group_size % block_k == 0 or group_size >= in_features:
+            return block_k
+        block_k //= 2
+    return None
+
+
+def kmajor_candidates(
+    m: int,
+    n: int,
+    k: int,
+    group_size: int,
+    sms: int,
+    *,
+    int4: bool = False,
+    int8: bool = False,
+) -> list[KernelConfig]:
+    """Configs for a prepared weight; the first is the default (statically the cheapest).
+
+    tl.dot on the dequantized tile for every M <= 64 (rows padded to 16: M = 1..16 share one
+    tile), the CUDA-core GEMV for M = 1, torch's int4/int8 kernels where they apply, and
+    dequantize + cuBLAS above 64 rows. Split-K comes from the shape (``split_for``); a half and
+    a double of it are candidates too.
+    """
+    out: list[KernelConfig] = []
+    block_k = kmajor_block_k(group_size, k)
+    if block_k is not None and m <= KMAJOR_MAX_M:
+        block_m = min(max(16, next_pow2(m)), 64)
+        n_k = -(-k // block_k)
+        shapes = [
+            (block_m, 128, 4, 1),
+            (block_m, 64, 4, 1),
+            (block_m, 128, 8, 1),
+            (block_m, 128, 4, 2),
+        ]
+        for bm, bn, warps, stages in shapes:
+            split = split_for(-(-n // bn) * -(-m // bm), n_k, sms)
+            for sk in dict.fromkeys([split, max(1, split // 2), min(n_k, split * 2)]):
+                out.append(
+                    KernelConfig(bm, bn, block_k, warps, stages, sk, use_dot=True, kmajor=True)
+                )
+        if m <= KMAJOR_GEMV_MAX_M:
+            for bn in (128, 64):
+                split = split_for(-(-n // bn), n_k, sms)
+                out.append(KernelConfig(next_pow2(m), bn, block_k, 4, 1, split, kmajor=True))
+    if int4:
+        out.append(KernelConfig(0, 0, 0, backend="int4pack"))
+    if int8:
+        out.append(KernelConfig(0, 0, 0, backend="int8pack"))
+    if m > KMAJOR_MAX_M or block_k is None:
+        out.append(KernelConfig(64, 64, 64, 4, 2, 1, dequant=True))
+        out.append(KernelConfig(64, 128, 64, 4, 2, 1, reshape=True, dequant=True))
+    return list(dict.fromkeys(out))
+
+
 def candidates(m: int, n: int, k: int, group_size: int, sms: int) -> list[KernelConfig]:
     """A small pruned config space for an (M, N, K) problem; the first is the default.
 
@@ -148,11 +221,17 @@ def _load_disk() -> None:
 
 def _save_disk() -> None:
     path = _cache_path()
-    if path is not None:
+    if path is None:
+        return
+    text = json.dumps({key: asdict(config) for key, config in sorted(_CACHE.items())}, indent=1)
+    try:
         from allocator.schema.io import atomic_write_text
-
-        data = {key: asdict(config) for key, config in sorted(_CACHE.items())}
-        atomic_write_text(path, json.dumps(data, indent=1))
+    except ImportError:  # the kernels alone (a GPU machine without the project's dependencies)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    atomic_write_text(path, text)
 
 
 def rotating_copies(tensors: list[torch.Tensor], l2_bytes: int) -> list[list[torch.Tensor]]:
@@ -199,6 +278,32 @@ def _build_errors() -> tuple[type[BaseException], ...]:
     return (CompilationError, OutOfResources, RuntimeError)
 
 
+def tune(
+    key: str,
+    pool: list[KernelConfig],
+    timed: bool,
+    calls_for: Callable[[KernelConfig], list[Callable[[], object]]],
+) -> KernelConfig:
+    """The cached choice for ``key``, else the fastest of ``pool`` (the first when not timed)."""
+    _load_disk()
+    if key in _CACHE:
+        return _CACHE[key]
+    best = pool[0]
+    if timed and len(pool) > 1:
+        timings = {}
+        for config in pool:
+            try:
+                timings[config] = gpu_time_ms(calls_for(config))
+            except _build_errors() as exc:  # a config this GPU cannot build is skipped
+                warnings.warn(f"kernel config {config} skipped: {exc}", stacklevel=2)
+        if not timings:
+            raise RuntimeError(f"no kernel config could run for {key}")
+        best = min(timings, key=timings.__getitem__)
+    _CACHE[key] = best
+    _save_disk()
+    return best
+
+
 def choose_config(
     x2d: torch.Tensor,
     planes: list[torch.Tensor],
@@ -214,31 +319,18 @@ def choose_config(
     _load_disk()
     n = scales.shape[1]
     key = _key(x2d, n, in_features, bits, group_size)
-    if key in _CACHE:
-        return _CACHE[key]
     sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 4
     pool = candidates(x2d.shape[0], n, in_features, group_size, sms)
-    best = pool[0]
-    if x2d.is_cuda and len(pool) > 1:
+    copies: list[list[torch.Tensor]] = []
+    if x2d.is_cuda and key not in _CACHE:
         l2_bytes = torch.cuda.get_device_properties(x2d.device).L2_cache_size
         copies = rotating_copies([*planes, scales, zeros], l2_bytes)
-        timings = {}
-        for config in pool:
-            fn = run_dequant if config.dequant else run
-            calls = [
-                lambda fn=fn, c=c, config=config: fn(
-                    x2d, c[:-2], c[-2], c[-1], bits, group_size, in_features, config
-                )
-                for c in copies
-            ]
-            try:
-                timings[config] = gpu_time_ms(calls)
-            except _build_errors() as exc:  # a config this GPU cannot build is skipped
-                warnings.warn(f"kernel config {config} skipped: {exc}", stacklevel=2)
-        del copies
-        if not timings:
-            raise RuntimeError(f"no kernel config could run for {key}")
-        best = min(timings, key=timings.__getitem__)
-    _CACHE[key] = best
-    _save_disk()
-    return best
+
+    def calls_for(config: KernelConfig) -> list[Callable[[], object]]:
+        fn = run_dequant if config.dequant else run
+        return [
+            lambda c=c: fn(x2d, c[:-2], c[-2], c[-1], bits, group_size, in_features, config)
+            for c in copies
+        ]
+
+    return tune(key, pool, x2d.is_cuda, calls_for)

@@ -13,7 +13,7 @@ import triton.language as tl
 from allocator.quant.packing import padded_k, plane_widths
 
 from .autotune import KernelConfig
-from .matmul import _tile_codes
+from .common import _tile_codes
 
 
 @triton.jit

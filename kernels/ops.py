@@ -12,6 +12,16 @@ The op the executor calls (``torch.ops.allocator.quant_matmul``)::
   ``k // group_size``.
 - returns ``x @ W`` of shape (..., N) in ``x.dtype`` (fp32 accumulation). Bias is the caller's.
 
+The op over a weight prepared once at load (``kernels.prepare``: K-major words, torch's int4 /
+int8 layouts where they apply), which ``QuantLinear`` calls on CUDA::
+
+    quant_matmul_prepared(x, planes, words, scales, zeros, int4, int4_sz, int8, int8_scale,
+                          int8_bias, bits, group_size, in_features) -> Tensor
+
+with the fields of ``PreparedWeight`` (the optional ones None where a layout does not apply).
+Same contract as ``quant_matmul``; on CUDA it runs the autotuned backend (K-major Triton
+kernels, torch's int4/int8 kernels, or dequantize + cuBLAS), elsewhere the reference.
+
 The 2:4 sparse op (layout of ``allocator.quant.packing_sparse``, ``SparsePackedWeight``)::
 
     quant_matmul_24(x: Tensor, planes: list[Tensor], indices: Tensor, scales: Tensor,
@@ -107,6 +117,56 @@ def quant_matmul(
 
 @quant_matmul.register_fake
 def _quant_matmul_fake(x, planes, scales, zeros, bits, group_size, in_features):
+    return x.new_empty((*x.shape[:-1], scales.shape[1]))
+
+
+def _check_words(words: list[torch.Tensor], bits: int, in_features: int, n: int) -> None:
+    from .layout import kmajor_k
+
+    widths = plane_widths(bits)
+    if len(words) != len(widths):
+        raise InputError(f"bits={bits} needs {len(widths)} K-major planes, got {len(words)}")
+    for plane, width in zip(words, widths, strict=True):
+        cols = kmajor_k(in_features) * width // WORD_BITS
+        if plane.dtype != torch.int32 or tuple(plane.shape) != (n, cols):
+            raise InputError(
+                f"a {width}-bit K-major plane must be int32 of shape ({n}, {cols}), got "
+                f"{plane.dtype} {tuple(plane.shape)}: prepare it with allocator.kernels.prepare"
+            )
+
+
+@torch.library.custom_op("allocator::quant_matmul_prepared", mutates_args=())
+def quant_matmul_prepared(
+    x: torch.Tensor,
+    planes: list[torch.Tensor],
+    words: list[torch.Tensor],
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    int4: torch.Tensor | None,
+    int4_sz: torch.Tensor | None,
+    int8: torch.Tensor | None,
+    int8_scale: torch.Tensor | None,
+    int8_bias: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    in_features: int,
+) -> torch.Tensor:
+    """``x @ W`` for a prepared weight (see the module docstring)."""
+    check_packed(x, planes, scales, zeros, bits, group_size, in_features)
+    _check_words(words, bits, in_features, scales.shape[1])
+    if not _triton_ready(x):
+        return reference_quant_matmul(x, planes, scales, zeros, bits, group_size, in_features)
+    from .prepare import PreparedWeight, triton_prepared_matmul
+
+    weight = PreparedWeight(
+        planes, words, scales, zeros, bits, group_size, in_features,
+        int4, int4_sz, int8, int8_scale, int8_bias,
+    )  # fmt: skip
+    return triton_prepared_matmul(x, weight)
+
+
+@quant_matmul_prepared.register_fake
+def _quant_matmul_prepared_fake(x, planes, words, scales, zeros, *rest):
     return x.new_empty((*x.shape[:-1], scales.shape[1]))
 
 

@@ -16,7 +16,7 @@ import triton.language as tl
 from allocator.quant.packing import padded_k, plane_widths
 
 from .autotune import GEMV_MAX_M, next_pow2
-from .matmul import _locks, _plane_codes, _store_output, _tile_codes
+from .common import _locks, _plane_codes, _store_output, _tile_codes
 from .reference import dequantize_planes_24
 
 

@@ -3,9 +3,12 @@
 Buffers (what a checkpoint stores): ``plane{i}`` int32 bit planes of the codes, ``scales`` fp16
 (n_groups, N), ``zeros`` fp16 (asymmetric only; symmetric zeros are the constant 2^(bits-1)),
 for sparse layouts ``index{i}`` planes (see ``allocator.quant.sparse_storage``), and ``bias``.
-Forward: on CUDA, dense weights go through ``torch.ops.allocator.quant_matmul`` (the Triton
-kernels) when it is registered; everywhere else the reference path dequantizes the weight
-(cached after the first call unless ``cache_dequantized=False``) and calls ``F.linear``.
+Forward: on CUDA, dense weights are converted once to the kernels' layouts
+(``allocator.kernels.prepare``, cached until the buffers change or move) and go through
+``torch.ops.allocator.quant_matmul_prepared`` (the autotuned Triton kernels, or torch's own
+int4/int8 kernels where they apply and are faster); everywhere else the reference path
+dequantizes the weight (cached after the first call unless ``cache_dequantized=False``) and
+calls ``F.linear``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class QuantLinear(nn.Module):
         self.pattern = str(layout.get("pattern", "dense"))
         self.cache_dequantized = cache_dequantized
         self._cache: torch.Tensor | None = None
+        self._prepared: tuple[tuple, Any] | None = None  # (buffer stamp, PreparedWeight)
         for name, (shape, dtype) in self.buffer_specs().items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
 
@@ -188,6 +192,7 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantLinear:
         self._cache = None
+        self._prepared = None
         return super()._apply(fn, recurse)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,9 +209,30 @@ class QuantLinear(nn.Module):
         nm = self.layout_info.get("nm")
         return self.pattern == "nm" and nm is not None and tuple(nm) == (2, 4)
 
+    def prepared_weight(self) -> Any:
+        """The weight in the GPU kernels' layouts (``allocator.kernels.prepare``), converted on
+        first use and again only when a buffer is replaced or written; None without kernels."""
+        if self.pattern != "dense" or _kernel_op("quant_matmul_prepared") is None:
+            return None
+        from allocator.kernels.prepare import prepare
+
+        tensors = [*self._planes("plane"), self.scales, *([] if self.symmetric else [self.zeros])]
+        stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._prepared is None or self._prepared[0] != stamp:
+            args = (self.bits, self.group_size, self.in_features)
+            self._prepared = (
+                stamp,
+                prepare(self._planes("plane"), self.scales, self._zeros(), *args),
+            )
+        return self._prepared[1]
+
     def kernel_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """``x @ W^T`` through the kernels' custom op (any device it supports), or None."""
         args = (self.scales, self._zeros(), self.bits, self.group_size, self.in_features)
+        if self.pattern == "dense" and x.is_cuda and (prepared := self.prepared_weight()):
+            from allocator.kernels.prepare import prepared_matmul
+
+            return prepared_matmul(x, prepared)
         if self.pattern == "dense":
             op = _kernel_op("quant_matmul")
             return None if op is None else op(x, self._planes("plane"), *args)
