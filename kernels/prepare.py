@@ -15,6 +15,7 @@ reference.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -104,8 +105,11 @@ def prepare(
     if int4pack_applies(bits, group_size, in_features, n):
         packed, sz = to_int4pack(planes, scales, zeros, in_features)
         tiles = int4pack_inner_k_tiles(in_features)
-        weight.int4 = torch.ops.aten._convert_weight_to_int4pack(packed.contiguous(), tiles)
-        weight.int4_sz = sz.to(torch.bfloat16)
+        try:
+            weight.int4 = torch.ops.aten._convert_weight_to_int4pack(packed.contiguous(), tiles)
+            weight.int4_sz = sz.to(torch.bfloat16)
+        except (RuntimeError, NotImplementedError) as exc:  # a build without torch's int4 kernel
+            warnings.warn(f"torch int4 kernel unavailable, not a candidate: {exc}", stacklevel=2)
     if int8pack_applies(bits, group_size, in_features):
         weight.int8, weight.int8_scale, weight.int8_bias = to_int8pack(
             planes, scales, zeros, in_features

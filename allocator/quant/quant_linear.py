@@ -2,7 +2,7 @@
 
 Buffers (what a checkpoint stores): ``plane{i}`` int32 bit planes of the codes, ``scales`` fp16
 (n_groups, N), ``zeros`` fp16 (asymmetric only; symmetric zeros are the constant 2^(bits-1)),
-for sparse layouts ``index{i}`` planes (see ``allocator.quant.sparse_storage``), and ``bias``.
+for sparse layouts ``index{i}`` planes (see ``allocator.quant.packing_sparse``), and ``bias``.
 Forward: on CUDA, dense weights are converted once to the kernels' layouts
 (``allocator.kernels.prepare``, cached until the buffers change or move) and go through
 ``torch.ops.allocator.quant_matmul_prepared`` (the autotuned Triton kernels, or torch's own
@@ -22,7 +22,7 @@ from torch import nn
 from allocator.models.trust import dtype_named
 from allocator.quant.compress import CompressedWeight, compress
 from allocator.quant.packing import PackedWeight, pack_weight
-from allocator.quant.sparse_storage import SparsePackedWeight, pack_sparse
+from allocator.quant.packing_sparse import SparsePackedWeight, pack_sparse
 from allocator.schema.option import Option
 
 
@@ -229,10 +229,17 @@ class QuantLinear(nn.Module):
     def kernel_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """``x @ W^T`` through the kernels' custom op (any device it supports), or None."""
         args = (self.scales, self._zeros(), self.bits, self.group_size, self.in_features)
-        if self.pattern == "dense" and x.is_cuda and (prepared := self.prepared_weight()):
-            from allocator.kernels.prepare import prepared_matmul
+        if self.pattern == "dense" and x.is_cuda:
+            # under torch.compile: the weight an eager call prepared (run the layer once first),
+            # else the bit-plane op below; the buffer check reads data pointers, which tracing
+            # has not got
+            compiling = torch.compiler.is_compiling()
+            cached = self._prepared[1] if self._prepared is not None else None
+            prepared = cached if compiling else self.prepared_weight()
+            if prepared is not None:
+                from allocator.kernels.prepare import prepared_matmul
 
-            return prepared_matmul(x, prepared)
+                return prepared_matmul(x, prepared)
         if self.pattern == "dense":
             op = _kernel_op("quant_matmul")
             return None if op is None else op(x, self._planes("plane"), *args)
