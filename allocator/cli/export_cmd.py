@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
 
             imatrix = read_imatrix(path, model_type)
             buffer = io.BytesIO()
-            np.savez(buffer, **imatrix.weights)
+            np.savez(buffer, **imatrix.weights)  # type: ignore[arg-type]  # numpy's stub
             atomic_write_bytes(out, buffer.getvalue())
             typer.echo(
                 f"wrote {out}: {len(imatrix.weights)} modules ({imatrix.source_format} imatrix, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -73,11 +73,12 @@ def register(app: typer.Typer) -> None:
                 f"--host {host}: a non-loopback address needs API keys "
                 "(--keys-file or $ALLOCATOR_API_KEYS)"
             )
+        folders: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+        if data_root:
+            folders["data_root"] = data_root
         config = ServeConfig(
             workers=workers, keys=keys, max_body_bytes=max_body_bytes, database_url=database_url, ray=ray,
-            max_table_cells=max_table_cells,
-            **({"data_dir": data_dir} if data_dir else {}),
-            **({"data_root": data_root} if data_root else {}),
+            max_table_cells=max_table_cells, **folders,
         )  # fmt: skip
         typer.echo(
             f"allocator serving on http://{host}:{port} (docs at /docs; data in "
@@ -94,7 +95,9 @@ def _serve_legacy(host: str, port: int, quiet: bool) -> None:
     from allocator.serve.legacy import make_server
 
     server = make_server(host, port, quiet=quiet)
-    typer.echo(f"allocator serving on http://{server.server_address[0]}:{server.server_address[1]}")
+    bound, port_number = server.server_address[:2]
+    host_name = bound.decode() if isinstance(bound, bytes) else bound
+    typer.echo(f"allocator serving on http://{host_name}:{port_number}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

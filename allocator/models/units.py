@@ -109,8 +109,10 @@ def find_units(
     if include_lm_head and backbone.head is not None:
         head_name = next(n for n, m in model.named_modules() if m is backbone.head)
         if isinstance(backbone.head, nn.Linear):
-            shape = tuple(backbone.head.weight.shape)
-            units.append(_unit(head_name, shape, head_name.rsplit(".", 1)[-1], None))
+            out_features, in_features = backbone.head.weight.shape
+            units.append(
+                _unit(head_name, (out_features, in_features), head_name.rsplit(".", 1)[-1], None)
+            )
     return units
 
 

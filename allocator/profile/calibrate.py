@@ -26,7 +26,9 @@ def calibrate_row(
     points = sorted((proxy[k], max(v, 0.0)) for k, v in measured.items() if proxy.get(k, 0) > 0)
     if not points:
         return {k: 0.0 for k in proxy}
-    xs, ys, running = [], [], floor
+    xs: list[float] = []
+    ys: list[float] = []
+    running = floor
     for x, y in points:
         running = max(running, y)
         if xs and x == xs[-1]:

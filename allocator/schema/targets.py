@@ -333,7 +333,7 @@ def constraints_for_target(
         any_group = False
         for b in rules.bits:
             g = rules.allowed_groups(b)
-            if g == ANY_GROUP:
+            if isinstance(g, str):  # ANY_GROUP
                 any_group = True
             else:
                 groups |= set(g)
@@ -349,7 +349,7 @@ def constraints_for_target(
             result["ties"] = [[rf"(^|\.){re.escape(k)}$"] for k in kinds]
     shaped = [u for u in unit_list if isinstance(u, Unit) and u.shape is not None]
     unit_rules = []
-    misaligned = [u.name for u in shaped if u.shape[1] % 256]
+    misaligned = [u.name for u in shaped if u.shape is not None and u.shape[1] % 256]
     if rules.name == "llamacpp" and misaligned:
         for pattern in exact_name_patterns(misaligned):
             unit_rules.append({"pattern": pattern, "allow": {"bits": [4, 5, 8, 16]}})
@@ -370,7 +370,7 @@ def _group_rules(
         candidates = set()
         for b in rules.bits:
             groups = rules.allowed_groups(b)
-            candidates |= set() if groups == ANY_GROUP else set(groups)
+            candidates |= set() if isinstance(groups, str) else set(groups)
     by_inputs: dict[int, list[str]] = defaultdict(list)
     for u in units:
         assert u.shape is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -88,7 +89,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 routes=app.routes, separate_input_output_schemas=False,
             )  # fmt: skip
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            raw_bodies = [(m.__name__, TypeAdapter(m)) for m in routes_sync.RAW_BODIES]
+            raw_bodies: list[tuple[str, TypeAdapter[Any]]] = [
+                (m.__name__, TypeAdapter(m)) for m in routes_sync.RAW_BODIES
+            ]
             raw_bodies.append(("JobRequest", routes_jobs.JOB_REQUEST))
             for name, adapter in raw_bodies:  # bodies read raw: add their schemas
                 body = adapter.json_schema(ref_template="#/components/schemas/{model}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,13 +81,13 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
 
 def load_keys(keys_file: Path | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
     """Keys from ``keys_file`` and the ALLOCATOR_API_KEYS environment variable."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     keys: dict[str, str] = {}
     if keys_file is not None:
         path = Path(keys_file)
         if not path.is_file():
             raise InputError(f"--keys-file {path}: no such file")
         keys.update(parse_keys(path.read_text(), str(path)))
-    if env.get(KEYS_ENV):
-        keys.update(parse_keys(env[KEYS_ENV], KEYS_ENV))
+    if environ.get(KEYS_ENV):
+        keys.update(parse_keys(environ[KEYS_ENV], KEYS_ENV))
     return keys

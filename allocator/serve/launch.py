@@ -74,7 +74,8 @@ def _run_in_ray(folder: str) -> int:
 
 class RayHandle:
     def __init__(self, ray: Any, ref: Any) -> None:
-        self.ray, self.ref, self.code = ray, ref, None
+        self.ray, self.ref = ray, ref
+        self.code: int | None = None
 
     def poll(self) -> int | None:
         if self.code is None:

@@ -29,7 +29,8 @@ def _inside(base: Path, value: str, field: str, where: str) -> str:
         exists = resolved.exists()
     except (OSError, ValueError) as exc:
         raise InputError(
-            f"settings.{field} = {value[:80]!r}: not a usable path ({exc.strerror})"
+            f"settings.{field} = {value[:80]!r}: not a usable path "
+            f"({getattr(exc, 'strerror', None) or exc})"
         ) from exc
     if not inside:
         raise InputError(

@@ -21,6 +21,7 @@ from allocator.serve.models import (
     ParetoRequest,
     Ready,
     SolveRequest,
+    SolverInfo,
     Solvers,
 )
 from allocator.solve.pareto import ParetoPoint
@@ -58,7 +59,7 @@ async def solvers() -> Solvers:
     from allocator.solve.registry import solver_table
 
     rows = [row for row in solver_table() if row["installed"]]
-    return Solvers(solvers=[row["name"] for row in rows], details=rows)
+    return Solvers(solvers=[row["name"] for row in rows], details=[SolverInfo(**r) for r in rows])
 
 
 @router.get("/schema/{name}", tags=["solve"], responses={400: {"model": ErrorBody}})

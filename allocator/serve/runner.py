@@ -171,10 +171,10 @@ class JobManager:
                     continue
                 self.store.update(job_id, stage=status["stage"], progress=status["progress"])
             while len(self._procs) < self.slots and not self._stop.is_set():
-                job_id = self.store.next_queued()
-                if job_id is None:
+                queued = self.store.next_queued()
+                if queued is None:
                     break
-                self._launch(job_id)
+                self._launch(queued)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -5,6 +5,7 @@ in the last state it reached."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -108,7 +109,7 @@ class JobStore:
             ).fetchone()
         return None if row is None else row[0]
 
-    def ids_in(self, state: str) -> list[str]:
+    def ids_in(self, state: str) -> builtins.list[str]:
         with self._lock:
             rows = self._db.execute("SELECT id FROM jobs WHERE state = ?", (state,)).fetchall()
         return [r[0] for r in rows]
@@ -212,7 +213,7 @@ class SqlJobStore:
             row = db.execute(query).first()
         return None if row is None else row[0]
 
-    def ids_in(self, state: str) -> list[str]:
+    def ids_in(self, state: str) -> builtins.list[str]:
         query = self._sa.select(self.jobs.c.id).where(self.jobs.c.state == state)
         with self.engine.connect() as db:
             return [row[0] for row in db.execute(query)]

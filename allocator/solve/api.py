@@ -76,7 +76,7 @@ def check_solver_args(solver: object, time_limit: object, mip_gap: object) -> No
         isinstance(time_limit, bool)
         or not isinstance(time_limit, numbers.Real)
         or not math.isfinite(time_limit)
-        or not 0 < time_limit <= 1e7
+        or not 0 < float(time_limit) <= 1e7
     ):
         raise InputError(
             f"time_limit = {shown(time_limit)}: give seconds as a positive number (e.g. 60) or None"
@@ -85,7 +85,7 @@ def check_solver_args(solver: object, time_limit: object, mip_gap: object) -> No
         isinstance(mip_gap, bool)
         or not isinstance(mip_gap, numbers.Real)
         or not math.isfinite(mip_gap)
-        or not 0 <= mip_gap < 1
+        or not 0 <= float(mip_gap) < 1
     ):
         raise InputError(
             f"mip_gap = {shown(mip_gap)}: give a relative gap in [0, 1), e.g. 0 or 0.01"

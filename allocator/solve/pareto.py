@@ -87,7 +87,7 @@ def check_budgets(budgets: object) -> set[float]:
         raise InputError(f"budgets = {shown(budgets)}: give a list of average bits, e.g. [3, 4]")
     values = set()
     for b in budgets:  # type: ignore[attr-defined]
-        if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 < b <= 1e6:
+        if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 < float(b) <= 1e6:
             raise InputError(
                 f"budgets: {shown(b)} is not a positive finite number of average bits, e.g. 3.5"
             )

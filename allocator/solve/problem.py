@@ -97,7 +97,12 @@ class Problem:
         _, total_cost, usage = self.evaluate(choice)
         if total_cost > self.budget * (1 + rtol) + 1e-9:
             return False
-        if self.resources is not None and np.any(usage > self.resource_limits * (1 + rtol) + 1e-9):
+        limits = self.resource_limits
+        if (
+            self.resources is not None
+            and limits is not None
+            and np.any(usage > limits * (1 + rtol) + 1e-9)
+        ):
             return False
         return not (
             self.max_distinct is not None

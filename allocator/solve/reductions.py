@@ -104,7 +104,7 @@ def select_units(table: SensitivityTable, constraints: Constraints) -> Candidate
     """Step 1: the units the plan covers, in table order, each with all its table options."""
     names = [u.name for u in table.units]
     selected = set(names)
-    strict, notes = constraints.strict, []
+    strict, notes = constraints.strict, list[str]()
     if constraints.include is not None:
         selected = set()
         for k, pattern in enumerate(constraints.include):

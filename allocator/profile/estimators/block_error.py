@@ -24,6 +24,7 @@ def block_error_losses(ctx: Any) -> dict[str, dict[str, float]]:
 
     @torch.no_grad()
     def measure(unit: Unit) -> dict[str, float]:
+        assert unit.layer is not None  # block units only (find_units)
         block, inputs, clean = layers[unit.layer], states[unit.layer], states[unit.layer + 1]
         energy = sum(float(y.float().square().sum()) for y in clean.hidden)
         module = ctx.module(unit)

@@ -208,8 +208,8 @@ def fix_by_reduced_cost(
     if found is None:
         return None, None
     bound, reduced, point = found
-    choice = round_relaxed(problem, point, max_upgrades=INCUMBENT_UPGRADES)
-    if not problem.is_feasible(choice, rtol=0.0):
+    choice: np.ndarray | None = round_relaxed(problem, point, max_upgrades=INCUMBENT_UPGRADES)
+    if choice is not None and not problem.is_feasible(choice, rtol=0.0):
         choice = _round_within_cap(problem, point)
     if choice is None or not problem.is_feasible(choice, rtol=0.0):
         return None, None

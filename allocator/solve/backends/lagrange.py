@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from allocator.errors import InfeasibleError
-from allocator.solve.hull import CHUNK_ROWS, chunk_hulls, gather, map_chunks, row_count
+from allocator.solve.hull import CHUNK_ROWS, ChunkHulls, chunk_hulls, gather, map_chunks, row_count
 from allocator.solve.problem import Problem, Solution
 from allocator.solve.registry import BACKENDS, check_supported
 
@@ -87,7 +87,7 @@ def _scan(problem: Problem, lo: float, hi: float, threads: int) -> _Scan:
     n_units, k = problem.cost.shape
     above_count = np.zeros(n_units, dtype=np.int16)
 
-    def work(r0: int):
+    def work(r0: int) -> tuple[ChunkHulls, tuple[float, float], _Segments]:
         part = chunk_hulls(problem.cost[r0 : r0 + CHUNK_ROWS], problem.loss[r0 : r0 + CHUNK_ROWS])
         above = part.eff > hi
         sums = (0.0, 0.0)
