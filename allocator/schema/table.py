@@ -202,8 +202,9 @@ class SensitivityTable(SchemaModel):
         options: Iterable[OptionLike] | None = None,
         resources: Mapping[str, Mapping[str, Mapping[Any, float]]] | None = None,
         provenance: Provenance | Mapping[str, Any] | None = None,
-        symmetric: bool = False,
+        symmetric: bool | None = None,
         method: str = "rtn",
+        target: str | None = None,
     ) -> SensitivityTable:
         """A table from plain mappings.
 
@@ -213,7 +214,15 @@ class SensitivityTable(SchemaModel):
         unit's ``(out_features, in_features)``, its number of weights, or a ``Unit``. ``options``
         (default: every option in ``losses``, in first-seen order) may list more. Units get
         ``kind`` (last name part) and ``layer`` (first numeric part) from their names.
+        ``symmetric`` defaults to the ``target``'s convention (GPTQ targets: symmetric), else
+        False.
         """
+        if symmetric is None:
+            symmetric = False
+            if target is not None:
+                from allocator.schema.targets import get_rules  # targets -> plan -> here
+
+                symmetric = bool(get_rules(target).option_defaults.get("symmetric", False))
         rows = _rows(losses)
         parsed: dict[str, Option] = {}
         table_losses: dict[str, dict[str, float]] = {}
@@ -247,7 +256,7 @@ class SensitivityTable(SchemaModel):
             options=list(parsed.values()),
             losses=table_losses,
             resources=extra,
-            provenance=provenance
+            provenance=Provenance.model_validate(provenance)
             if provenance is not None
             else Provenance(estimator="from_losses"),
         )
@@ -271,7 +280,7 @@ def as_option(spec: object, *, symmetric: bool = False, method: str = "rtn") -> 
     return Option.parse(spec)  # type: ignore[arg-type]  # Option.parse names a bad type
 
 
-def _rows(losses: Mapping[Any, Any]) -> dict[str, Mapping[Any, float]]:
+def _rows(losses: Mapping[Any, Any]) -> dict[str, dict[Any, float]]:
     if not isinstance(losses, Mapping):
         raise InputError(
             f"losses = {shown(losses)}: give {{unit: {{option: loss}}}} or {{(unit, option): loss}}"

@@ -61,6 +61,8 @@ def test_from_losses_accepts_tuples_options_and_strings_and_clamps_noise() -> No
     pairs = {("a", (4, -1, True)): 0.5, ("a", "fp16"): 0.0}
     sym = SensitivityTable.from_losses(pairs, {"a": 4096})
     assert sym.losses == {"a": {"b4-gc-sym": 0.5, "fp16": 0.0}}
+    gptq = SensitivityTable.from_losses({"a": {(4, 128): 0.1}}, {"a": (8, 128)}, target="gptqmodel")
+    assert [o.key for o in gptq.options] == ["b4-g128-sym"]  # GPTQ libraries default to sym
     with pytest.raises(InputError, match="no shape"):
         SensitivityTable.from_losses(_losses(), {})
 
