@@ -7,10 +7,15 @@ Stages and what each writes into the output folder:
    refinement, see ``allocator.refine``);
 3. apply: the solved plan and the uniform plan of the same or smaller size, each compressed
    with the run's method (GPTQ by default) into ``candidates/plan`` and ``candidates/uniform``;
+   each finished block is journaled (``apply-NAME.journal``) so a killed apply resumes;
 4. validate: ``validation.json``: both candidates' mean KL against the original model on
    held-out calibration windows (disjoint from the profiling and GPTQ windows, never the
-   evaluation text). A plan that measures worse than uniform is not trusted: the run keeps the
-   uniform model and says so. ``plan.json`` and ``checkpoint/`` are the chosen candidate;
+   evaluation text). A plan that measures no better than uniform is not trusted: the run
+   re-solves the table on options near the uniform setting (``allocator.refine.
+   near_uniform_table``: dense, grouped, bits b-1..b+2, where second-order estimates hold),
+   applies and measures that plan too (``near_uniform_plan.json``, ``candidates/near_uniform``)
+   and keeps the best measured candidate, uniform on ties, saying which. ``plan.json`` and
+   ``checkpoint/`` are the chosen candidate;
 5. evaluate: ``results.json`` and ``results.md`` (perplexity and KL vs the original on held-out
    text for the original, the plan and uniform, in one streamed pass).
 

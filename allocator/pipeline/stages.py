@@ -161,15 +161,19 @@ def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, s
         job.log(f"apply {name}: checkpoint is up to date, loaded")
         return checkpoint.load_checkpoint(stages.out / folder), key
     from allocator.quant.apply import apply_plan
+    from allocator.quant.apply_journal import ApplyJournal
 
     start = time.perf_counter()
     calib = job.windows("calib", s.quant_windows, s.seq_len)
-    model = apply_plan(job.fresh_model(), plan, calib, method=s.method, progress=job.progress)
+    journal = ApplyJournal(stages.out / f"apply-{name}.journal", key, discard_other=True)
+    model = apply_plan(job.fresh_model(), plan, calib, method=s.method, progress=job.progress,
+                       journal=journal)  # fmt: skip
     job.log(f"apply {name}: {s.method} in {time.perf_counter() - start:.1f}s")
     if checkpoint is not None:
         checkpoint.save_checkpoint(model, plan, stages.out / folder,
                                    tokenizer=job.loaded.tokenizer)  # fmt: skip
         stages.mark(f"apply:{name}", key)
+    journal.discard()
     return model, key
 
 

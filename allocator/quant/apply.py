@@ -19,8 +19,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from allocator.errors import InputError, PlanCheckError
+from allocator.distributed.apply import compress_many
 from allocator.models.adapters import prepare_model
+from allocator.models.offload import keep_resident, release_kept
 from allocator.models.units import find_units
+from allocator.quant.apply_journal import ApplyJournal
 from allocator.quant.compress import HESSIAN_METHODS, check_option, compress
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.option import Option
@@ -90,6 +93,13 @@ def _needs(option: Option) -> tuple[bool, bool]:
     )
 
 
+def _block_of(name: str) -> Any:
+    from allocator.models.units import layer_index
+
+    index = layer_index(name)
+    return name if index is None else index
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -103,11 +113,14 @@ def compress_unit(
     act_sq: torch.Tensor | None = None,
     *,
     act_order: bool = True,
+    compressed: Any = None,
 ) -> None:
-    """Compress one linear layer in place (QuantLinear, or an fp16-rounded nn.Linear)."""
+    """Compress one linear layer in place (QuantLinear, or an fp16-rounded nn.Linear);
+    ``compressed``: the result of ``compress`` computed elsewhere (a Ray task)."""
     linear = model.get_submodule(name)
     assert isinstance(linear, nn.Linear)
-    compressed = compress(linear.weight, option, hessian, act_sq, act_order=act_order)
+    if compressed is None:
+        compressed = compress(linear.weight, option, hessian, act_sq, act_order=act_order)
     if option.is_fp16:
         with torch.no_grad():
             linear.weight.copy_(compressed.weight.to(linear.weight.dtype))
@@ -148,6 +161,8 @@ def _apply_blockwise(
     act_order: bool,
     batch_size: int,
     progress: bool,
+    journal: ApplyJournal | None = None,
+    pool: Any = None,
 ) -> set[str]:
     """Sequential block-by-block compression; returns the names it handled."""
     from allocator.models.actstats import ActStats
@@ -166,27 +181,40 @@ def _apply_blockwise(
     handled: set[str] = set()
     bar = tqdm(total=len(backbone.layers), desc="apply", unit="block", disable=not progress)
     for index, block in enumerate(backbone.layers):
+        keep_resident(model, f"{prefix}.{index}", commit=True)  # offloaded: read, later written
         linears = {
             n: m for n, m in linear_children(block, f"{prefix}.{index}").items() if n in options
         }
-        stats: dict[str, Any] = {}
-        if any(any(_needs(options[n])) for n in linears):
-            for hidden, call in inputs:
-                hooks = _stat_hooks(linears, stats)
-                try:
-                    call(block, hidden)
-                finally:
-                    for handle in hooks:
-                        handle.remove()
-        for name in linears:
-            stat = stats.get(name)
-            if stat is None and _needs(options[name])[0]:  # an expert no token was routed to
-                stat = ActStats(linears[name].in_features)  # empty H: GPTQ rounds to nearest
-            hessian = None if stat is None else stat.hessian.float()
-            act_sq = None if stat is None else stat.act_sq.float()
-            compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
-            handled.add(name)
-        del stats
+        restored = journal is not None and journal.restore(index, model, list(linears))
+        if not restored:
+            stats: dict[str, Any] = {}
+            if any(any(_needs(options[n])) for n in linears):
+                for hidden, call in inputs:
+                    hooks = _stat_hooks(linears, stats)
+                    try:
+                        call(block, hidden)
+                    finally:
+                        for handle in hooks:
+                            handle.remove()
+            for name in linears:
+                stat = stats.get(name)
+                if stat is None and _needs(options[name])[0]:  # an expert no token was routed to
+                    stat = ActStats(linears[name].in_features)  # empty H: GPTQ rounds to nearest
+                    stats[name] = stat
+            done = compress_many(pool, linears, options, stats, act_order)  # Ray: in parallel
+            for name in linears:
+                stat = stats.get(name)
+                if name in done:
+                    compress_unit(model, name, options[name], compressed=done.pop(name))
+                    continue
+                hessian = None if stat is None else stat.hessian.float()
+                act_sq = None if stat is None else stat.act_sq.float()
+                compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
+            del stats
+            if journal is not None:
+                journal.save(index, model, list(linears))
+        handled.update(linears)
+        del linears  # the replaced nn.Linear weights go now, not once the next block is loaded
         if index + 1 < len(backbone.layers):
             inputs = run_block(block, inputs)
         bar.update(1)
@@ -203,12 +231,21 @@ def apply_plan(
     act_order: bool = True,
     batch_size: int = 8,
     progress: bool = True,
+    journal: ApplyJournal | None = None,
+    ray: str | None = None,
 ) -> nn.Module:
     """Compress ``model`` in place by ``plan`` and return it.
 
     ``method`` (rtn, gptq, sparsegpt, wanda, magnitude) overrides every option's method.
     ``calib_windows`` (n, L) token ids are required when a method needs the input Hessian.
+    ``journal`` keeps each finished block on disk so a killed apply resumes where it stopped
+    (``allocator.quant.apply_journal``). ``ray`` (``auto`` or a cluster address): the units of
+    each block are compressed as parallel Ray tasks (``allocator.distributed.apply``). An
+    offloaded model (``allocator.models.offload``) is compressed one block at a time.
     """
+    from allocator.distributed.pool import pool_for
+
+    pool = pool_for(ray)
     prepare_model(model)  # GPT-2 Conv1D and fused MoE experts become nn.Linear (same function)
     options = plan_options(model, plan, method=method)
     needs_h = [n for n, o in options.items() if _needs(o)[0]]
@@ -226,15 +263,24 @@ def apply_plan(
             act_order=act_order,
             batch_size=batch_size,
             progress=progress,
+            journal=journal,
+            pool=pool,
         )
     rest = [n for n in options if n not in handled]
+    done: dict[str, Any] = {}
     for name in tqdm(rest, desc="apply", unit="unit", disable=not progress or not rest):
         if _needs(options[name])[0]:
             raise InputError(
                 f"unit {name} is outside the decoder blocks; GPTQ for it is not supported, "
                 "use an rtn option for it"
             )
-        compress_unit(model, name, options[name])
+        keep_resident(model, name, commit=True)  # offloaded: one block at a time
+        if pool is not None and name not in done:  # Ray: this unit's block in parallel tasks
+            same = [n for n in rest if _block_of(n) == _block_of(name) and n not in done]
+            linears = {n: model.get_submodule(n) for n in same}
+            done.update(compress_many(pool, linears, options, {}, act_order))
+        compress_unit(model, name, options[name], compressed=done.pop(name, None))
+    release_kept(model)  # offloaded: the last block's compressed weights go to scratch
     return model
 
 
