@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "allocator.cli.export_cmd",
     "allocator.cli.apply_cmds",
     "allocator.cli.report_cmd",
+    "allocator.cli.list_cmds",
 ]
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from allocator.pipeline import RunSettings
+from allocator.profile.estimators import DEFAULT_ESTIMATOR
 from allocator.schema.constraints import Constraints
 from allocator.schema.plan import Plan
 from allocator.schema.table import SensitivityTable
@@ -103,7 +104,7 @@ ESTIMATOR_SETTINGS = frozenset({
 class ProfileSettings(Strict):
     model: str = Field("smollm2", max_length=4096)
     text: list[Annotated[str, Field(max_length=4096)]] | None = Field(None, max_length=64)
-    estimator: str = Field("hessian", max_length=64)
+    estimator: str = Field(DEFAULT_ESTIMATOR, max_length=64)
     options: str = Field("bits=2,3,4,5,6,8 group=128", max_length=4096)
     windows: Windows | None = None
     seq_len: SeqLen | None = None
@@ -164,7 +165,7 @@ class ParetoJob(Strict):
 
 class ProfileJob(Strict):
     kind: Literal["profile"]
-    settings: ProfileSettings = Field(default_factory=ProfileSettings)
+    settings: ProfileSettings = Field(default_factory=lambda: ProfileSettings())
 
 
 class ApplyJob(Strict):
@@ -174,7 +175,7 @@ class ApplyJob(Strict):
 
 class EvalJob(Strict):
     kind: Literal["eval"]
-    settings: EvalSettings = Field(default_factory=EvalSettings)
+    settings: EvalSettings = Field(default_factory=lambda: EvalSettings())
 
 
 class RunJob(Strict):

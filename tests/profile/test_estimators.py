@@ -1,30 +1,63 @@
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from allocator.profile.api import profile
-from allocator.profile.estimators import ESTIMATORS, load_all
+from allocator.profile.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, TASKS, load_all
 from allocator.schema.constraints import Constraints
 from allocator.schema.table import SensitivityTable
 from tests.profile.conftest import GRID
 
 load_all()
-LOSS_ESTIMATORS = [
-    "hessian",
-    "hessian_diag",
-    "fisher",
-    "kfac",
-    "hutchinson",
-    "block_error",
-    "kl",
-    "hessian_kl",
-]
-SCORE_ESTIMATORS = ["lim", "zd", "zo"]
+LOSS_ESTIMATORS = [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).kind == "loss"]
+SCORE_ESTIMATORS = [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).kind == "score"]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_registry_lists_every_estimator():
-    assert set(ESTIMATORS.names()) == set(LOSS_ESTIMATORS + SCORE_ESTIMATORS)
+def test_registry_entries_carry_their_metadata():
+    for name in ESTIMATORS.names():
+        spec = ESTIMATORS.get(name)
+        assert spec.description and spec.windows > 0 and spec.seq_len > 0, name
+        assert spec.tasks and set(spec.tasks) <= set(TASKS), name
+    assert (
+        ESTIMATORS.get("fisher").needs_gradients and not ESTIMATORS.get("hessian").needs_gradients
+    )
+    assert ESTIMATORS.get("kl").tasks == ("causal_lm",)
+
+
+def test_readme_names_exactly_the_registered_estimators():
+    text = README.read_text()
+    paragraph = text[text.index("**Estimators**") :].split("\n\n")[0]
+    named = set(re.findall(r"`([a-z_]+)`", paragraph))
+    assert named == set(ESTIMATORS.names()), (
+        f"README advertises {sorted(named - set(ESTIMATORS.names()))} (not registered) and "
+        f"omits {sorted(set(ESTIMATORS.names()) - named)}"
+    )
+
+
+def test_one_default_estimator_everywhere():
+    import inspect
+
+    from allocator.pipeline.settings import RunSettings
+    from allocator.serve.models import ProfileSettings
+
+    assert DEFAULT_ESTIMATOR in ESTIMATORS
+    assert inspect.signature(profile).parameters["estimator"].default == DEFAULT_ESTIMATOR
+    assert RunSettings().estimator == ProfileSettings().estimator == DEFAULT_ESTIMATOR
+
+
+def test_estimators_command_lists_the_registry(capsys):
+    from allocator.cli.main import main
+
+    assert main(["estimators", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ESTIMATORS.names()
+    assert [r["name"] for r in rows if r["default"]] == [DEFAULT_ESTIMATOR]
 
 
 @pytest.mark.parametrize("name", LOSS_ESTIMATORS + SCORE_ESTIMATORS)

@@ -74,6 +74,27 @@ def zo_scores(ctx: Any) -> dict[str, float]:
     return {n: abs(v) for n, v in estimate.items()}
 
 
-register(Estimator("lim", lim_scores, kind="score", windows=8, seq_len=256, doc="1 - cos(in, out)"))
-register(Estimator("zd", zd_scores, kind="score", windows=1, seq_len=16, doc="share of |z| > t"))
-register(Estimator("zo", zo_scores, kind="score", windows=4, seq_len=128, doc="SPSA |g.W|"))
+register(
+    Estimator(
+        "lim",
+        lim_scores,
+        kind="score",
+        windows=8,
+        seq_len=256,
+        doc="LIM: 1 - cos(block input, block output)",
+    )
+)
+register(
+    Estimator(
+        "zd",
+        zd_scores,
+        kind="score",
+        windows=1,
+        seq_len=16,
+        doc="share of weights with |z-score| > t (outliers)",
+    )
+)
+register(
+    Estimator("zo", zo_scores, kind="score", windows=4, seq_len=128, tasks=("causal_lm",),
+              doc="SPSA |g.W|: zeroth-order first-order importance (two loss passes per probe)")
+)  # fmt: skip
