@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,32 +28,6 @@ def _inputs(table: Path | None, constraints: Path | None) -> tuple[Any, Any]:
     from allocator.schema.io import load_constraints, load_table
 
     return load_table(table or TABLE_PATH), load_constraints(constraints or CONSTRAINTS_PATH)
-
-
-def plan_summary(plan: Any) -> dict[str, Any]:
-    """Machine-readable digest of a plan (everything but the per-unit assignments)."""
-    by_option = Counter(a.option.key for a in plan.assignments)
-    weights_by_bits: Counter[int] = Counter()
-    for a in plan.assignments:
-        weights_by_bits[a.option.bits] += a.numel
-    return {
-        "units": len(plan.assignments),
-        "avg_bits": plan.avg_bits,
-        "size_bytes": plan.size_bytes,
-        "budget_bits": plan.budget_bits,
-        "predicted_loss": plan.predicted_loss,
-        "lower_bound": plan.lower_bound,
-        "gap": plan.gap,
-        "status": plan.status,
-        "solver": plan.solver,
-        "solve_seconds": plan.solve_seconds,
-        "resources": plan.resources,
-        "options": dict(sorted(by_option.items())),
-        "weight_share_by_bits": {
-            str(b): n / plan.total_numel for b, n in sorted(weights_by_bits.items())
-        },
-        "notes": plan.notes,
-    }
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -160,7 +133,7 @@ def register(app: typer.Typer) -> None:
         else:
             plan = solve(loaded_table, loaded_constraints, solver, time_limit, mip_gap)
         save_plan(plan, out)
-        summary = plan_summary(plan)
+        summary = plan.summary()
         if as_json:
             typer.echo(json.dumps({"plan": str(out), **summary}, indent=1))
         elif not quiet:

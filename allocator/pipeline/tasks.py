@@ -17,12 +17,18 @@ Task = Literal["auto", "causal_lm", "embedding"]
 TASKS: tuple[str, ...] = ("auto", "causal_lm", "embedding")
 
 
-def load_any(spec: str) -> Any:
-    """A LoadedModel from a packed checkpoint folder or any model spec the loader takes."""
+def load_any(spec: str, *, offload: bool = False, activations: Any = None) -> Any:
+    """A LoadedModel from a packed checkpoint folder or any model spec the loader takes;
+    ``offload`` leaves a model folder's weights on disk (a packed checkpoint, already
+    compressed, loads in memory)."""
     from allocator.models.loader import load_model
     from allocator.quant.checkpoint import is_checkpoint, load_checkpoint
 
-    return load_checkpoint(spec) if is_checkpoint(spec) else load_model(spec)
+    if is_checkpoint(spec):
+        return load_checkpoint(spec)
+    if offload or activations is not None:
+        return load_model(spec, offload=offload, offload_activations=activations)
+    return load_model(spec)
 
 
 def read_text(paths: Sequence[str] | None, which: Literal["calib", "eval"]) -> str:
@@ -70,15 +76,19 @@ def evaluate_spec(
     batch_size: int | None = None,
     bos: bool | None = None,
     progress: bool = True,
+    offload: bool = False,
+    offload_activations: Any = None,
 ) -> dict[str, Any]:
     """Measure ``model`` (a model spec or checkpoint folder) on held-out text; see module doc.
 
     ``seq_len`` defaults to 512 tokens per window (encoders: passages of up to 128 tokens).
     """
     if task not in TASKS:
-        raise InputError(f"task {task!r}: use {', '.join(TASKS)}")
-    loaded = load_any(model)
-    ref_loaded = load_any(reference) if reference else None
+        raise InputError(f"--task {task!r}: use causal_lm, embedding or auto")
+    loaded = load_any(model, offload=offload, activations=offload_activations)
+    ref_loaded = None
+    if reference:
+        ref_loaded = load_any(reference, offload=offload, activations=offload_activations)
     tokenizer = loaded.tokenizer
     if tokenizer is None and ref_loaded is not None:
         tokenizer = ref_loaded.tokenizer

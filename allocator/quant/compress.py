@@ -42,6 +42,8 @@ class CompressedWeight:
 
 
 Compressor = Callable[..., "CompressedWeight"]
+Tensor = torch.Tensor
+MaybeTensor = torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,7 @@ def _mask_for(weight: torch.Tensor, option: Option, act_sq: torch.Tensor | None)
 
 
 def _rtn(
-    w: torch.Tensor,
-    option: Option,
-    hessian: torch.Tensor | None,
-    act_sq: torch.Tensor | None,
-    act_order: bool,
+    w: Tensor, option: Option, hessian: MaybeTensor, act_sq: MaybeTensor, act_order: bool
 ) -> CompressedWeight:
     """Prune (sparse options), then round to nearest with fp16 scales."""
     mask = _mask_for(w, option, act_sq) if option.sparsity > 0 else None
@@ -126,11 +124,7 @@ def _rtn(
 
 
 def _gptq(
-    w: torch.Tensor,
-    option: Option,
-    hessian: torch.Tensor | None,
-    act_sq: torch.Tensor | None,
-    act_order: bool,
+    w: Tensor, option: Option, hessian: MaybeTensor, act_sq: MaybeTensor, act_order: bool
 ) -> CompressedWeight:
     """GPTQ with the layer's H; sparse options pruned and quantized jointly by SparseGPT."""
     assert hessian is not None

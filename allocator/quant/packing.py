@@ -15,6 +15,7 @@ Scales and zeros are fp16 tensors of shape (n_groups, N); group g covers k in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -109,12 +110,25 @@ def pack_weight(
 ) -> PackedWeight:
     """Pack RTN/GPTQ output: codes (out, in), scale and zero (out, n_groups)."""
     out_features, in_features = codes.shape
-    return PackedWeight(
-        planes=pack_codes(codes.t(), bits),
-        scales=scale.t().contiguous().to(torch.float16),
-        zeros=zero.t().contiguous().to(torch.float16),
-        bits=bits,
-        group_size=group_size,
-        in_features=in_features,
-        out_features=out_features,
-    )
+    fields = group_fields(scale, zero, bits, group_size, in_features, out_features)
+    return PackedWeight(planes=pack_codes(codes.t(), bits), **fields)
+
+
+def group_fields(
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+    out_features: int,
+) -> dict[str, Any]:
+    """The fields every packed layout shares: fp16 (n_groups, N) scales and zeros from
+    (out, n_groups) ones, and the geometry."""
+    return {
+        "scales": scale.t().contiguous().to(torch.float16),
+        "zeros": zero.t().contiguous().to(torch.float16),
+        "bits": bits,
+        "group_size": group_size,
+        "in_features": in_features,
+        "out_features": out_features,
+    }

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from allocator.quant.packing import pack_codes, unpack_codes
+from allocator.quant.packing import group_fields, pack_codes, unpack_codes
 
 
 @dataclass
@@ -134,14 +134,9 @@ def _pack_nm(
         pattern="nm",
         values=pack_codes(kept.reshape(rows, out_features), bits),
         index=pack_codes(order.reshape(rows, out_features), max(1, math.ceil(math.log2(m)))),
-        scales=scale.t().contiguous().to(torch.float16),
-        zeros=zero.t().contiguous().to(torch.float16),
-        bits=bits,
-        group_size=group_size,
-        in_features=in_features,
-        out_features=out_features,
         n_kept=int(keep[:, :in_features].sum()),
         nm=nm,
+        **group_fields(scale, zero, bits, group_size, in_features, out_features),
     )
 
 
@@ -165,13 +160,8 @@ def pack_sparse(
         pattern="mask",
         values=pack_codes(flat, bits),
         index=pack_codes(mask_kn.to(torch.int64), 1),
-        scales=scale.t().contiguous().to(torch.float16),
-        zeros=zero.t().contiguous().to(torch.float16),
-        bits=bits,
-        group_size=group_size,
-        in_features=in_features,
-        out_features=out_features,
         n_kept=int(keep_mask.sum()),
+        **group_fields(scale, zero, bits, group_size, in_features, out_features),
     )
 
 

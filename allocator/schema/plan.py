@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
@@ -148,3 +149,29 @@ class Plan(SchemaModel):
     def content_hash(self) -> str:
         payload = self.model_dump(mode="json", exclude={"solve_seconds", "versions"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """Machine-readable digest (everything but the per-unit assignments): counts per option
+        and the share of weights per bit width, for CLIs, reports and services."""
+        by_option = Counter(a.option.key for a in self.assignments)
+        weights_by_bits: Counter[int] = Counter()
+        for a in self.assignments:
+            weights_by_bits[a.option.bits] += a.numel
+        return {
+            "units": len(self.assignments),
+            "avg_bits": self.avg_bits,
+            "size_bytes": self.size_bytes,
+            "budget_bits": self.budget_bits,
+            "predicted_loss": self.predicted_loss,
+            "lower_bound": self.lower_bound,
+            "gap": self.gap,
+            "status": self.status,
+            "solver": self.solver,
+            "solve_seconds": self.solve_seconds,
+            "resources": self.resources,
+            "options": dict(sorted(by_option.items())),
+            "weight_share_by_bits": {
+                str(b): n / self.total_numel for b, n in sorted(weights_by_bits.items())
+            },
+            "notes": self.notes,
+        }
