@@ -8,8 +8,8 @@ held-out token windows:
 1. for each preset (Q3_K_M, Q4_K_M, Q5_K_M) its file, and the bytes of its block linear tensors;
 2. a sensitivity table whose options are ggml types: for each bit width b, llama.cpp quantizes
    every block linear to the type b maps to (``ggml_type_for``: K-quants where rows are
-   multiples of 256, else Q4_0/Q5_0/Q8_0) and allocator's Fisher estimator scores the real
-   llama.cpp weight error of each tensor (``fisher_losses`` with the weights read back);
+   multiples of 256, else Q4_0/Q5_0/Q8_0) and allocator's estimator (Fisher by default) scores
+   the real llama.cpp weight error of each tensor (``fisher_losses`` on the weights read back);
 3. for each preset an allocator plan whose block tensors take at most the preset's bytes
    (resource ``ggml_bits``), quantized over the same preset (so embeddings and output match);
 4. perplexity of all of them, the F32 GGUF, and allocator's own evaluation of the original.
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--presets", default="Q3_K_M,Q4_K_M,Q5_K_M")
     parser.add_argument("--calib-windows", type=int, default=16)
+    parser.add_argument("--estimator", default="fisher", help="fisher or hessian")
     parser.add_argument("--fisher-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
@@ -70,6 +71,7 @@ def main() -> None:
     from allocator.models.units import find_units
     from allocator.models.windows import token_windows
     from allocator.profile.estimators.fisher import fisher_losses
+    from allocator.profile.estimators.hessian import hessian_losses
     from allocator.quant.apply import uniform_plan
     from allocator.schema.constraints import Constraints
     from allocator.schema.option import Option
@@ -118,7 +120,11 @@ def main() -> None:
         progress=False,
         ggml=ggml,
     )
-    losses = fisher_losses(ctx)
+    if args.estimator == "fisher":
+        losses = fisher_losses(ctx)
+    else:
+        ctx.input_ids = calib
+        losses = hessian_losses(ctx)
     del ggml, ctx
     cost = {
         u.name: {o.key: u.numel * GGML_TYPES[ggml_type_for(o, u.in_features)][0] for o in options}
@@ -128,7 +134,8 @@ def main() -> None:
         losses, {u.name: u for u in units}, resources={"ggml_bits": cost}
     )
     target = constraints_for_target("llamacpp", options, units)
-    step("Fisher table on llama.cpp's weights")
+    log["estimator"] = args.estimator
+    step(f"{args.estimator} table on llama.cpp's weights")
 
     rows = []
     evaluated = {"F32": dg.perplexity(f32, held)}
