@@ -57,6 +57,7 @@ def test_serving_rules_are_opt_in(mixed_plan):
         assert any("fused shards" in p for p in served), target
         assert get_rules(f"{target}+vllm").size_model == get_rules(target).size_model
     assert get_rules("gptqmodel").option_problem(Option.parse("b8-g128")) is None
+    assert get_rules("autoround").option_problem(Option.parse("b8-g128"))  # AutoRound refuses
     assert "symmetric" in str(get_rules("gptqmodel+vllm").option_problem(Option.parse("b8-g128")))
     with pytest.raises(UnsupportedError, match="no variant 'sglang'"):
         get_rules("gptqmodel+sglang")

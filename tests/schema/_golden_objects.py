@@ -5,6 +5,7 @@ from __future__ import annotations
 from allocator.schema.constraints import Budget, Constraints, OptionFilter, ResourceLimit, UnitRule
 from allocator.schema.option import Option
 from allocator.schema.plan import Assignment, Plan
+from allocator.schema.size import SizeModel
 from allocator.schema.table import Provenance, SensitivityTable
 from allocator.schema.unit import Unit
 
@@ -41,6 +42,7 @@ def golden_constraints() -> Constraints:
         ties=[["q_proj$", "down_proj$"]],
         tie_presets=["qkv"],
         target="vllm",
+        overhead=SizeModel(),  # the files spell it out, so the target's own model does not apply
         resources=[ResourceLimit(name="bops", max=2.0e6)],
         max_distinct_options=2,
         exclude=["^lm_head$"],

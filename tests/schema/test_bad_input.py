@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from allocator.cli.main import main
-from allocator.errors import InfeasibleError, InputError
+from allocator.errors import AllocatorWarning, InfeasibleError, InputError
 from allocator.schema import io
 from allocator.solve.api import solve
 from tests.schema._golden_objects import golden_table
@@ -105,14 +105,18 @@ def test_duplicate_units_and_unknown_option_in_table(tmp_path: Path) -> None:
         io.load_table(_write(tmp_path / "u.json", json.dumps(data)))
 
 
-def test_pattern_matching_nothing_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    c = _write(
-        tmp_path / "c.yaml",
-        "budget:\n  avg_bits: 8\nrules:\n  - pattern: 'o_projj$'\n    min_bits: 4\n",
-    )
+def test_pattern_matching_nothing_exits_2_when_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rule = "rules:\n  - pattern: 'o_projj$'\n    min_bits: 4\n"
+    c = _write(tmp_path / "c.yaml", "budget:\n  avg_bits: 8\nstrict: true\n" + rule)
     args = ["solve", "--table", str(GOLDEN / "table.json"), "--constraints", str(c)]
     assert main([*args, "--out", str(tmp_path / "p.json")]) == 2
     assert "'o_projj$' matches no unit" in capsys.readouterr().err
+    lenient = _write(tmp_path / "l.yaml", "budget:\n  avg_bits: 8\n" + rule)
+    args = ["solve", "--table", str(GOLDEN / "table.json"), "--constraints", str(lenient)]
+    with pytest.warns(AllocatorWarning, match="matches no unit"):
+        assert main([*args, "--out", str(tmp_path / "p.json")]) == 0
 
 
 def test_option_no_unit_allows_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

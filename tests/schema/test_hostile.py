@@ -173,7 +173,7 @@ def test_newer_table_and_plan_versions(tmp_path: Path) -> None:
 def test_backtracking_patterns_run_in_linear_time(pattern: str) -> None:
     table = golden_table()
     c = Constraints.model_validate(
-        {"budget": {"avg_bits": 8}, "rules": [{"pattern": pattern, "min_bits": 3}]}
+        {"budget": {"avg_bits": 8}, "rules": [{"pattern": pattern, "min_bits": 3}], "strict": True}
     )
     started = time.perf_counter()
     with pytest.raises(InputError, match="matches no unit"):
@@ -194,7 +194,11 @@ def test_checker_refuses_what_solve_refuses() -> None:
     table = golden_table()
     plan = solve(table, Constraints.simple(8.0))
     bad = Constraints.model_validate(
-        {"budget": {"avg_bits": 8}, "rules": [{"pattern": "nothing_here", "min_bits": 3}]}
+        {
+            "budget": {"avg_bits": 8},
+            "rules": [{"pattern": "nothing_here", "min_bits": 3}],
+            "strict": True,
+        }
     )
     with pytest.raises(InputError, match="matches no unit"):
         solve(table, bad)
