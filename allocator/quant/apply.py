@@ -3,7 +3,7 @@
 Units whose method needs calibration (GPTQ/SparseGPT need the input Hessian H, Wanda the input
 column mean squares) are compressed block by block, GPTQ style: the calibration windows are
 embedded once, then for each block the inputs of its linear layers are captured (H = X^T X / n,
-via ``allocator.profile.capture``), its units are compressed, and the block is re-run with its
+via ``allocator.models.actstats``), its units are compressed, and the block is re-run with its
 compressed weights so the next block sees what the compressed model will feed it. Without such
 units no calibration is needed and every unit is compressed independently.
 fp16 units stay nn.Linear with their weight rounded to fp16.
@@ -11,20 +11,19 @@ fp16 units stay nn.Linear with their weight rounded to fp16.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from allocator.errors import InputError, PlanCheckError
 from allocator.distributed.apply import compress_many
+from allocator.errors import InputError, PlanCheckError
 from allocator.models.adapters import prepare_model
 from allocator.models.offload import keep_resident, release_kept
 from allocator.models.units import find_units
 from allocator.quant.apply_journal import ApplyJournal
-from allocator.quant.compress import HESSIAN_METHODS, check_option, compress
+from allocator.quant.compress import check_option, compress, needs_hessian, uses_act_sq
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
@@ -84,13 +83,8 @@ def plan_options(model: nn.Module, plan: Plan, *, method: str | None = None) -> 
 
 
 def _needs(option: Option) -> tuple[bool, bool]:
-    """(needs H, can use act_sq) for an option."""
-    if option.is_fp16:
-        return False, False
-    return option.method in HESSIAN_METHODS, option.sparsity > 0 and option.method in (
-        "rtn",
-        "wanda",
-    )
+    """(needs H, can use act_sq) for an option, from the quantizer-method registry."""
+    return needs_hessian(option), uses_act_sq(option)
 
 
 def _block_of(name: str) -> Any:
@@ -130,28 +124,6 @@ def compress_unit(
     _replace(model, name, module)
 
 
-def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, Any]) -> list[Any]:
-    """Pre-hooks accumulating ActStats per linear; layers fed the same tensor share one."""
-    from allocator.models.actstats import ActStats
-
-    shared: dict[int, Any] = {}
-
-    def make(name: str, module: nn.Linear) -> Callable[..., None]:
-        def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            hit = shared.get(id(x))
-            if hit is not None and hit[1] is x:
-                stats[name] = hit[0]
-                return
-            acc = stats.setdefault(name, ActStats(module.in_features))
-            acc.add(x)
-            shared[id(x)] = (acc, x)
-
-        return hook
-
-    return [m.register_forward_pre_hook(make(n, m)) for n, m in linears.items()]
-
-
 @torch.no_grad()
 def _apply_blockwise(
     model: nn.Module,
@@ -165,7 +137,7 @@ def _apply_blockwise(
     pool: Any = None,
 ) -> set[str]:
     """Sequential block-by-block compression; returns the names it handled."""
-    from allocator.models.actstats import ActStats
+    from allocator.models.actstats import ActStats, stat_hooks
     from allocator.models.blocks import (
         check_replay,
         find_backbone,
@@ -190,7 +162,7 @@ def _apply_blockwise(
             stats: dict[str, Any] = {}
             if any(any(_needs(options[n])) for n in linears):
                 for hidden, call in inputs:
-                    hooks = _stat_hooks(linears, stats)
+                    hooks = stat_hooks(linears, stats)
                     try:
                         call(block, hidden)
                     finally:
