@@ -15,9 +15,7 @@ from typing import Any
 from allocator.export.base import ExportContext, Exporter, ExportResult
 from allocator.registry import Registry
 from allocator.schema.plan import Plan
-from allocator.schema.size import SizeModel
-from allocator.schema.targets import constraints_for_target, get_rules, option_fits
-from allocator.schema.targets import size_model_for as _size_model_for
+from allocator.schema.targets import constraints_for_target, get_rules, option_fits, size_model_for
 from allocator.schema.unit import Unit
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")
@@ -51,12 +49,6 @@ def export_plan(
     plan = plan if isinstance(plan, Plan) else Plan.model_validate(dict(plan))
     context = ExportContext(model_type=model_type, units=units, rules=rules, options=options or {})
     return exporter(plan, context)
-
-
-def size_model_for(target: str | None) -> SizeModel:
-    """The size model of an export target (how it stores a weight); see
-    ``allocator.schema.targets``."""
-    return _size_model_for(target)
 
 
 _import_all()

@@ -52,7 +52,9 @@ def _gptq_written_bits(bits: int, group: int, shape: tuple[int, int]) -> float:
 
     out_features, in_features = shape
     group = group if group > 0 else in_features
-    layer = QuantLinear(bits, group, in_features, out_features, False, g_idx=True)  # as AutoRound packs
+    layer = QuantLinear(
+        bits, group, in_features, out_features, False, g_idx=True
+    )  # as AutoRound packs
     return 8.0 * sum(b.numel() * b.element_size() for b in layer.buffers())
 
 
