@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from allocator.cost import DEFAULT_SIZE_MODEL
 from allocator.errors import InputError
 from allocator.schema.plan import Plan
+from allocator.schema.size import DEFAULT_SIZE_MODEL
 from allocator.schema.table import SensitivityTable
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)\.(.+)$")

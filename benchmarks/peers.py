@@ -82,7 +82,7 @@ def block_linears(model: Any) -> dict[str, Any]:
 def layer_bits(
     shape: tuple[int, int], bits: int | None, group: int | None, symmetric: bool
 ) -> float:
-    """Bits of one (out, in) layer: allocator's size model (``allocator.cost``) written out."""
+    """Bits of one (out, in) layer: allocator's size model (``allocator.schema.size``) written out."""
     out_features, in_features = shape
     numel = out_features * in_features
     if bits is None or bits >= 16:

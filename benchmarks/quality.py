@@ -2,7 +2,7 @@
 
 Calibration: Pride and Prejudice + Sense and Sensibility; evaluation: the first 32 contiguous
 windows x 512 tokens of Persuasion. Budgets in bits per weight over the block linear layers,
-overhead counted by ``allocator.cost``. Each (method, budget) row is cached in
+overhead counted by ``allocator.schema.size``. Each (method, budget) row is cached in
 ``benchmarks/results/quality/<method>@<budget>.json`` so a killed run resumes; the table goes to
 ``benchmarks/results/quality.md``.
 

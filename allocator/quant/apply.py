@@ -267,8 +267,8 @@ def plan_for_options(
 ) -> Plan:
     """A Plan for a unit -> option choice over the model's block linear layers (sizes by the
     size model, predicted losses 0)."""
-    from allocator.cost import DEFAULT_SIZE_MODEL
     from allocator.schema.plan import Assignment
+    from allocator.schema.size import DEFAULT_SIZE_MODEL
 
     units = find_units(model)
     missing = [u.name for u in units if u.name not in choice]

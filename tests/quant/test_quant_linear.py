@@ -46,7 +46,7 @@ def test_rebuilt_from_layout_and_state_dict(key):
 
 
 def test_storage_matches_size_model():
-    from allocator.cost import DEFAULT_SIZE_MODEL
+    from allocator.schema.size import DEFAULT_SIZE_MODEL
     from allocator.schema.unit import Unit
 
     unit = Unit(name="x", shape=(64, 256))
