@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from allocator.models.offload import streamed
+
 TOKEN_CHUNK = 512
 
 
@@ -107,6 +109,7 @@ class LogProbCache:
         folder: str | None = None,
     ) -> LogProbCache:
         cache: LogProbCache | None = None
+        model = streamed(model, windows, batch_size)  # offloaded: block by block
         bar = tqdm(total=windows.shape[0], desc="reference log-probs", disable=not progress)
         for start, batch in _batches(windows, batch_size):
             log_probs = _log_probs(_logits(model, batch))
@@ -172,6 +175,10 @@ def evaluate_many(
     began = time.perf_counter()
     first = next(iter(models.values()), reference)
     size = batch_size or auto_batch_size(first, windows.shape[1])
+    # offloaded models run every window through one block at a time (each block read once)
+    models = {name: streamed(model, windows, size) for name, model in models.items()}
+    if reference is not None and not isinstance(reference, LogProbCache):
+        reference = streamed(reference, windows, size)
     nll = dict.fromkeys(models, 0.0)
     kl = dict.fromkeys(models, 0.0)
     ref_nll = 0.0

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from allocator.errors import UnsupportedError
+from allocator.models.activations import hidden_list, like
 
 _BLOCK_LISTS = (
     "model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
@@ -123,7 +124,9 @@ class BlockInputs:
 
     @property
     def n_tokens(self) -> int:
-        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+        from allocator.models.activations import n_tokens
+
+        return n_tokens(self.hidden)
 
 
 class _Stop(Exception):
@@ -173,7 +176,7 @@ def record_block_calls(
     device = next(backbone.model.parameters()).device
     n_blocks = len(backbone.layers)
     calls: list[list[BlockCall]] = [[] for _ in range(n_blocks)]
-    hidden0: list[torch.Tensor] = []
+    hidden0 = hidden_list(backbone.model)  # a list, or files (--offload-activations)
     originals = list(backbone.layers)
 
     class Recorder(nn.Module):
@@ -224,8 +227,16 @@ def record_block_calls(
 
 
 def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
-    """Outputs of block ``inputs.layer`` for every cached batch (they enter the next block)."""
-    outs = [call(block, hidden) for hidden, call in inputs]
+    """Outputs of block ``inputs.layer`` for every cached batch (they enter the next block).
+
+    An offloaded block (``allocator.models.offload``) is read once for all the batches.
+    """
+    from allocator.models.offload import holding
+
+    outs = like(inputs.hidden)  # in memory, or in files (--offload-activations)
+    with holding(block):
+        for hidden, call in inputs:
+            outs.append(call(block, hidden))
     return BlockInputs(hidden=outs, calls=inputs.calls, layer=inputs.layer + 1)
 
 

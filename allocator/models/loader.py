@@ -162,9 +162,19 @@ def _content_hash(folder: Path) -> str:
 
 
 def load_model(
-    spec: str | os.PathLike[str] = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu"
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    offload: bool = False,
+    offload_activations: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
-    """Load a model and its tokenizer in eval mode; GGUF files go through the safetensors cache."""
+    """Load a model and its tokenizer in eval mode; GGUF files go through the safetensors cache.
+
+    ``offload``: leave the weights on disk and read each block only while it runs
+    (``allocator.models.offload``); ``offload_activations``: a folder for the hidden states
+    cached between blocks (with ``offload`` only).
+    """
     import torch
     from transformers import AutoTokenizer
 
@@ -179,9 +189,17 @@ def load_model(
         if not (cached / "config.json").is_file():
             _cache_gguf(folder, gguf, cached)
         folder = cached
-    model = _from_pretrained(folder, torch_dtype)
+    if offload_activations is not None and not offload:
+        raise InputError("--offload-activations needs --offload")
+    if offload:
+        from allocator.models.offload import load_offloaded
+
+        require_safetensors(folder)
+        model = load_offloaded(folder, torch_dtype, device, activations=offload_activations)
+    else:
+        model = _from_pretrained(folder, torch_dtype)
+        model.eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model.eval().to(device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from allocator.models.offload import keep_resident
 from allocator.profile.capture import (
     ActStats,
     BlockInputs,
@@ -58,7 +59,9 @@ class ProfileContext:
         return self.capture().stats[unit.name]
 
     def module(self, unit: Unit) -> nn.Linear:
-        return self.model.get_submodule(unit.name)
+        module = self.model.get_submodule(unit.name)
+        keep_resident(self.model, unit.name)  # offloaded: its block stays loaded while in use
+        return module
 
     def needs_stats(self) -> bool:
         """Whether some option needs activation statistics (Wanda masks, GPTQ)."""

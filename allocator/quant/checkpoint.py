@@ -27,6 +27,8 @@ from torch import nn
 
 from allocator.errors import InputError
 from allocator.models.loader import LoadedModel
+from allocator.models.offload import runtime_of
+from allocator.models.tensorfile import write_safetensors
 from allocator.models.trust import dtype_named, model_class_named
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.io import load_plan, save_plan
@@ -101,6 +103,56 @@ def _split_state(
     return packed, rest, aliases, layouts
 
 
+def _split_state_offloaded(
+    model: nn.Module, runtime: Any, plan: Plan
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], dict[str, Any]]:
+    """``_split_state`` of an offloaded model (``allocator.models.offload``): tensors still on
+    disk become LazyTensors, read one at a time as the file is written.
+
+    Tied tensors are recognized by the key their stored tensor is read from (in memory: by the
+    storage they share), so aliases and file bytes equal the in-memory checkpoint's.
+    """
+    modules = dict(model.named_modules())
+    packed: dict[str, Any] = {}
+    layouts: dict[str, Any] = {}
+    unit_keys: set[str] = set()
+    for assignment in plan.assignments:
+        name, option = assignment.unit, assignment.option
+        module = modules.get(name)
+        if isinstance(module, QuantLinear):
+            layouts[name] = module.layout()
+            for key, tensor in module.state_dict(keep_vars=True).items():
+                if key != "bias":
+                    packed[f"{name}.{key}"] = runtime.lazy(f"{name}.{key}", tensor)
+                    unit_keys.add(f"{name}.{key}")
+        elif isinstance(module, nn.Linear) and option.is_fp16:
+            layouts[name] = {"fp16": True}
+            packed[f"{name}.weight"] = runtime.lazy(f"{name}.weight", module.weight, torch.float16)
+            unit_keys.add(f"{name}.weight")
+        else:
+            raise InputError(
+                f"unit {name}: the model does not hold it compressed as the plan says "
+                f"({option.key}); run apply_plan on the model first"
+            )
+    rest: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[Any, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if key in unit_keys:
+            continue
+        ident = (
+            ("stored", runtime.source_key(key), tuple(tensor.shape))
+            if runtime.is_placeholder(tensor)
+            else ("memory", tensor.data_ptr(), tuple(tensor.shape))
+        )
+        if ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        rest[key] = runtime.lazy(key, tensor)
+    return packed, rest, aliases, layouts
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -141,11 +193,16 @@ def save_checkpoint(
 
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    packed, rest, aliases, layouts = _split_state(model, plan)
+    runtime = runtime_of(model)
+    if runtime is not None:  # offloaded: tensors are read from disk as they are written
+        packed, rest, aliases, layouts = _split_state_offloaded(model, runtime, plan)
+    else:
+        packed, rest, aliases, layouts = _split_state(model, plan)
+    write = write_safetensors if runtime is not None else save_file  # the same bytes
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
-        save_file({k: v.contiguous() for k, v in packed.items()}, str(tmp / PACKED_FILE))
-        save_file(rest, str(tmp / REST_FILE))
+        write({k: v.contiguous() for k, v in packed.items()}, str(tmp / PACKED_FILE))
+        write(rest, str(tmp / REST_FILE))
         sizes = CheckpointSizes(
             packed_bytes=sum(t.numel() * t.element_size() for t in packed.values()),
             packed_file_bytes=(tmp / PACKED_FILE).stat().st_size,

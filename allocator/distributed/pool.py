@@ -1,0 +1,86 @@
+"""Connecting to Ray and mapping a function over tasks (Ray schedules, retries and transfers).
+
+``--ray auto`` starts a Ray instance inside this process's session (the embedded default: all
+local cores) unless one is already initialized; ``--ray ADDRESS`` joins a running cluster
+(``ray start --head`` on one machine, ``ray start --address HEAD:6379`` on the others, then
+``--ray HEAD:6379`` or ``--ray auto`` with ``RAY_ADDRESS`` set). Tasks are retried by Ray when
+their worker dies (``max_retries``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from allocator.errors import UnsupportedError
+
+MAX_RETRIES = 3
+
+
+def connect(address: str | None = "auto") -> Any:
+    """The ``ray`` module, initialized: a local instance for ``auto``, else the cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise UnsupportedError(
+            "--ray needs the ray package: pip install 'allocator[ray]'"
+        ) from None
+    if not ray.is_initialized():
+        if address in (None, "", "auto", "local") and not os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, logging_level="ERROR")
+        else:
+            target = None if address in (None, "", "auto", "local") else address
+            ray.init(address=target, logging_level="ERROR")
+    return ray
+
+
+class RayPool:
+    """``map(fn, tasks)``: ``fn(*task)`` for every task as Ray tasks, results in task order."""
+
+    def __init__(self, address: str | None = "auto", *, num_gpus: float = 0) -> None:
+        self.ray = connect(address)
+        self.num_gpus = num_gpus
+        self._remote: dict[Any, Any] = {}
+
+    def _fn(self, fn: Callable[..., Any]) -> Any:
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self.ray.remote(max_retries=MAX_RETRIES)(fn)
+            self._remote[fn] = remote
+        return remote
+
+    def put(self, value: Any) -> Any:
+        """Store a large shared argument once (tasks receive the value)."""
+        return self.ray.put(value)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        tasks: Sequence[tuple[Any, ...]],
+        *,
+        on_result: Callable[[int, Any], None] | None = None,
+        gpu: bool = False,
+    ) -> list[Any]:
+        """``gpu``: each task asks for one GPU when the pool was made for ``--device cuda``."""
+        remote = self._fn(fn)
+        options = {"num_cpus": 1, "num_gpus": self.num_gpus if gpu else 0}
+        refs = [remote.options(**options).remote(*task) for task in tasks]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=1)
+            for ref in ready:
+                i = index[ref]
+                results[i] = self.ray.get(ref)
+                if on_result is not None:
+                    on_result(i, results[i])
+        return results
+
+
+def pool_for(address: str | None, device: str = "cpu") -> RayPool | None:
+    """A RayPool for ``--ray ADDRESS`` (None without ``--ray``); GPU tasks with ``--device cuda``."""
+    if address is None:
+        return None
+    return RayPool(address, num_gpus=1 if str(device).startswith("cuda") else 0)
