@@ -11,27 +11,19 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from allocator.cli import scale_opts
+from allocator.pipeline.tasks import load_any, read_text
 
 MODEL_HELP = "model: 'smollm2', a Hugging Face folder, a .gguf file, or a packed checkpoint folder"
 
 
-def load_any(spec: str) -> Any:
-    """A LoadedModel from a packed checkpoint folder or any loader spec."""
-    from allocator.models.loader import load_model
-    from allocator.quant.checkpoint import is_checkpoint, load_checkpoint
-
-    return load_checkpoint(spec) if is_checkpoint(spec) else load_model(spec)
-
-
 def _text(paths: list[Path] | None, default: str) -> str:
-    from allocator.models import corpus
-
-    if paths:
-        return corpus.read_texts(list(paths))
-    return getattr(corpus, default)()
+    files = [str(p) for p in paths] if paths else None
+    return read_text(files, "calib" if default == "default_calibration_text" else "eval")
 
 
 def register(app: typer.Typer) -> None:
@@ -83,6 +75,9 @@ def register(app: typer.Typer) -> None:
                 help="compressed-tensors: dtype of unquantized tensors (default: model's)",
             ),
         ] = None,
+        offload: scale_opts.Offload = False,
+        offload_activations: scale_opts.OffloadActivations = None,
+        ray: scale_opts.Ray = None,
     ) -> None:
         """Compress a model by a plan and save it as a packed checkpoint, a compressed-tensors
         folder or a llama.cpp GGUF (see --format)."""
@@ -108,7 +103,11 @@ def register(app: typer.Typer) -> None:
                     "\n".join([*result.lines(), f"time        {time.perf_counter() - began:.1f} s"])
                 )
             return
-        loaded = load_any(model)
+        if offload and fmt != "allocator":
+            from allocator.errors import InputError
+
+            raise InputError(f"--offload writes allocator checkpoints; not --format {fmt}")
+        loaded = load_any(model, offload=offload, activations=offload_activations)
         applied = fmt == "compressed-tensors" and is_checkpoint(model)
         if fmt == "compressed-tensors":
             from allocator.deploy.compressed_tensors import precheck
@@ -131,6 +130,7 @@ def register(app: typer.Typer) -> None:
                 method=method,
                 act_order=act_order,
                 progress=not quiet,
+                ray=ray,
             )
         if fmt == "compressed-tensors":
             from allocator.deploy.compressed_tensors import write_and_verify
@@ -193,106 +193,34 @@ def register(app: typer.Typer) -> None:
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+        offload: scale_opts.Offload = False,
+        offload_activations: scale_opts.OffloadActivations = None,
     ) -> None:
         """Perplexity on held-out text (first N windows), and mean KL vs a reference model;
         for encoders, embedding cosine and hidden-state MSE vs the reference."""
-        from allocator.errors import InputError
-        from allocator.evaluate import evaluate
-        from allocator.models.windows import token_windows
+        from allocator.pipeline.tasks import evaluate_spec
 
-        if task not in ("auto", "causal_lm", "embedding"):
-            raise InputError(f"--task {task!r}: use causal_lm, embedding or auto")
-        loaded = load_any(model)
-        ref_loaded = load_any(reference) if reference else None
-        ref = ref_loaded.model if ref_loaded is not None else None
-        tokenizer = loaded.tokenizer
-        if tokenizer is None and ref_loaded is not None:
-            tokenizer = ref_loaded.tokenizer
-        body = _text(text, "default_evaluation_text")
-        if task == "auto":
-            task = loaded.task
-        if task == "embedding":
-            _eval_embedding(
-                model, loaded, ref_loaded, tokenizer, body, windows, seq_len, as_json, quiet
-            )
-            return
-        if loaded.task != "causal_lm":
-            raise InputError(
-                f"--model {model}: {type(loaded.model).__name__} has no LM head, so no "
-                "perplexity; evaluate it with --task embedding --reference <original model>"
-            )
-        seq_len = seq_len or 512
-        ids = token_windows(
-            tokenizer, body, seq_len=seq_len, n_windows=windows, contiguous=True, bos=bos
-        )
-        result = evaluate(loaded.model, ids, ref, batch_size=batch_size, progress=not quiet)
-        record = {
-            "model": model,
-            "reference": reference,
-            "perplexity": result.perplexity,
-            "kl": result.kl,
-            "windows": result.n_windows,
-            "seq_len": seq_len,
-            "tokens": result.n_tokens,
-            "seconds": result.seconds,
-        }
+        record = evaluate_spec(
+            model, reference=reference, text=[str(p) for p in text] if text else None,
+            windows=windows, seq_len=seq_len, task=task, batch_size=batch_size, bos=bos,
+            progress=not quiet, offload=offload, offload_activations=offload_activations,
+        )  # fmt: skip
         if as_json:
             typer.echo(json.dumps(record, indent=1))
-            return
-        kl = "-" if result.kl is None else f"{result.kl:.5f}"
-        typer.echo(
-            f"perplexity  {result.perplexity:.3f}\nkl          {kl}\n"
-            f"tokens      {result.n_tokens} ({result.n_windows} x {seq_len})\n"
-            f"time        {result.seconds:.1f} s"
-        )
-
-
-def _eval_embedding(
-    model: str,
-    loaded: Any,
-    ref_loaded: Any,
-    tokenizer: Any,
-    body: str,
-    windows: int,
-    seq_len: int | None,
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    """``eval --task embedding``: cosine of pooled embeddings and hidden MSE vs the reference."""
-    from allocator.errors import InputError
-    from allocator.evaluate import evaluate_embeddings, text_batches
-
-    if ref_loaded is None:
-        raise InputError(
-            "--task embedding compares the model's embeddings with the original's: give "
-            "--reference <original model>"
-        )
-    max_len = seq_len or 128
-    ids, mask = text_batches(tokenizer, body, n_texts=windows, max_len=max_len)
-    result = evaluate_embeddings(
-        {"model": loaded.model}, ids, ref_loaded.model, attention_mask=mask, progress=not quiet
-    )["model"]
-    record = {
-        "model": model,
-        "reference": ref_loaded.source,
-        "task": "embedding",
-        "cosine": result.cosine,
-        "cosine_min": result.cosine_min,
-        "hidden_mse": result.hidden_mse,
-        "relative_mse": result.relative_mse,
-        "texts": result.n_texts,
-        "max_len": max_len,
-        "tokens": result.n_tokens,
-        "seconds": result.seconds,
-    }
-    if as_json:
-        typer.echo(json.dumps(record, indent=1))
-        return
-    typer.echo(
-        f"cosine      {result.cosine:.5f} (mean-pooled embeddings; worst text "
-        f"{result.cosine_min:.5f})\n"
-        f"hidden mse  {result.hidden_mse:.3e} ({result.relative_mse:.3e} of the original's mean "
-        "square)\n"
-        f"texts       {result.n_texts} (up to {max_len} tokens, {result.n_tokens} tokens)\n"
-        f"time        {result.seconds:.1f} s"
-    )
+        elif record.get("task") == "embedding":
+            typer.echo(
+                f"cosine      {record['cosine']:.5f} (mean-pooled embeddings; worst text "
+                f"{record['cosine_min']:.5f})\n"
+                f"hidden mse  {record['hidden_mse']:.3e} ({record['relative_mse']:.3e} of the "
+                "original's mean square)\n"
+                f"texts       {record['texts']} (up to {record['max_len']} tokens, "
+                f"{record['tokens']} tokens)\n"
+                f"time        {record['seconds']:.1f} s"
+            )
+        else:
+            kl = "-" if record["kl"] is None else f"{record['kl']:.5f}"
+            typer.echo(
+                f"perplexity  {record['perplexity']:.3f}\nkl          {kl}\n"
+                f"tokens      {record['tokens']} ({record['windows']} x {record['seq_len']})\n"
+                f"time        {record['seconds']:.1f} s"
+            )

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from allocator.cli import scale_opts
 from allocator.errors import InputError
+from allocator.profile.estimators import DEFAULT_ESTIMATOR
 
 
 def _parse_set(items: list[str]) -> dict[str, object]:
@@ -38,10 +40,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         estimator: Annotated[
             str,
-            typer.Option(
-                help="hessian, hessian_diag, fisher, kfac, hutchinson, block_error, kl, hessian_kl, lim, zd or zo"
-            ),
-        ] = "hessian",
+            typer.Option(help="a registered estimator: 'allocator estimators' lists them"),
+        ] = DEFAULT_ESTIMATOR,
         options: Annotated[
             str, typer.Option(help="grid, e.g. 'bits=2,3,4 group=64,128 sparsity=0,2:4'")
         ] = "bits=2,3,4,5,6,8 group=128",
@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--set", help="estimator setting key=value, e.g. reference=b3-g128"),
         ] = None,
+        offload: scale_opts.Offload = False,
+        offload_activations: scale_opts.OffloadActivations = None,
+        ray: scale_opts.Ray = None,
     ) -> None:
         """Measure how much each unit suffers under each option; write a SensitivityTable."""
         from allocator.profile.api import profile
@@ -97,6 +100,9 @@ def register(app: typer.Typer) -> None:
             journal=journal_path,
             resume=resume,
             settings=settings,
+            offload=offload,
+            offload_activations=offload_activations,
+            ray=ray,
         )
         save_table(table, out)
         seconds = table.provenance.settings.get("seconds")

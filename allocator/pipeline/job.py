@@ -50,7 +50,7 @@ class Job:
             from allocator.models.loader import load_model
 
             start = time.perf_counter()
-            self._loaded = load_model(self.settings.model, device=self.settings.device)
+            self._loaded = load_model(self.settings.model, **self._load_options())
             self.log(f"model {self.settings.model} loaded in {time.perf_counter() - start:.1f}s")
         return self._loaded
 
@@ -65,7 +65,13 @@ class Job:
         """A new copy of the unmodified model (applying a plan changes a model in place)."""
         from allocator.models.loader import load_model
 
-        return load_model(self.settings.model, device=self.settings.device).model
+        return load_model(self.settings.model, **self._load_options()).model
+
+    def _load_options(self) -> dict[str, Any]:
+        """Device and, with ``--offload``, weights left on disk (``allocator.models.offload``)."""
+        s = self.settings
+        return {"device": s.device, "offload": s.offload,
+                "offload_activations": s.offload_activations}  # fmt: skip
 
     def text(self, which: str) -> str:
         from allocator.models import corpus

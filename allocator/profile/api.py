@@ -22,21 +22,26 @@ from allocator.models.adapters import prepare_model
 from allocator.models.blocks import check_replay, find_backbone
 from allocator.models.corpus import default_calibration_text, read_texts
 from allocator.models.loader import LoadedModel, load_model, model_task
+from allocator.models.offload import is_offloaded, release_kept
 from allocator.models.units import find_units, unhandled_weights
 from allocator.models.windows import token_windows
 from allocator.profile.context import ProfileContext
-from allocator.profile.estimators import ESTIMATORS, load_all
+from allocator.profile.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, estimators_for, load_all
 from allocator.profile.options import check_options, parse_options
 from allocator.schema.option import Option
 from allocator.schema.table import Provenance, SensitivityTable
 from allocator.schema.unit import Unit
 
 Data = str | list[str] | list[os.PathLike[str]] | torch.Tensor | None
-# estimators that read next-token losses or logits: refused for encoders before any work
-CAUSAL_LM_ESTIMATORS = ("kl", "hessian_kl", "hutchinson", "zo")
+# estimators that run block by block on an offloaded model (--offload)
+OFFLOAD_ESTIMATORS = (
+    "hessian", "hessian_diag", "block_error", "kl", "hessian_kl", "lim", "zd", "fisher", "kfac",
+)  # fmt: skip
 
 
-def _resolve_model(model: Any, device: str) -> LoadedModel:
+def _resolve_model(
+    model: Any, device: str, offload: bool = False, offload_activations: Any = None
+) -> LoadedModel:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UnsupportedError(
             f"--device {device}: no CUDA GPU is available here; use --device cpu"
@@ -58,7 +63,9 @@ def _resolve_model(model: Any, device: str) -> LoadedModel:
             model_hash=digest.hexdigest(),
             task=model_task(model),
         )
-    return load_model(model, device=device)
+    return load_model(
+        model, device=device, offload=offload, offload_activations=offload_activations
+    )
 
 
 def _windows(
@@ -102,7 +109,7 @@ def settings_hash(settings: dict[str, Any]) -> str:
 def profile(
     model: Any = "smollm2",
     data: Data = None,
-    estimator: str = "hessian",
+    estimator: str = DEFAULT_ESTIMATOR,
     options: str | list[str] | list[Option] = "bits=2,3,4,5,6,8 group=128",
     *,
     windows: int | None = None,
@@ -117,6 +124,9 @@ def profile(
     settings: dict[str, Any] | None = None,
     bos: bool | None = None,
     calibrate_options: bool = False,
+    offload: bool = False,
+    offload_activations: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
 ) -> SensitivityTable:
     """Profile a model (name, path, LoadedModel or nn.Module) and return its SensitivityTable.
 
@@ -127,13 +137,18 @@ def profile(
     (``allocator.profile.option_calibration``). Journaled
     estimators (kl, hessian_kl, block_error) persist each unit to ``journal`` and skip the units
     already there when ``resume`` is true.
+
+    ``offload`` (a model name or folder): weights stay on disk and each block is read when it
+    runs (``allocator.models.offload``; estimators in ``OFFLOAD_ESTIMATORS``);
+    ``offload_activations``: a folder for the cached hidden states. ``ray`` (``auto`` or a
+    cluster address): the per-block work runs as Ray tasks (``allocator.distributed``).
     """
     load_all()
     spec = ESTIMATORS.get(estimator)
     option_list = parse_options(options)
-    loaded = _resolve_model(model, device)
-    if loaded.task != "causal_lm" and estimator in CAUSAL_LM_ESTIMATORS:
-        usable = sorted(set(ESTIMATORS.names()) - set(CAUSAL_LM_ESTIMATORS))
+    loaded = _resolve_model(model, device, offload, offload_activations)
+    if loaded.task not in spec.tasks:  # e.g. next-token losses on an encoder: refused before work
+        usable = estimators_for(loaded.task)
         raise UnsupportedError(
             f"estimator {estimator!r} needs a causal-LM head (next-token loss or logits); "
             f"model {loaded.source} ({type(loaded.model).__name__}) is an encoder/embedding "
@@ -156,6 +171,11 @@ def profile(
                 stacklevel=2,
             )
     check_options(option_list, unit_list)
+    if is_offloaded(loaded.model) and estimator not in OFFLOAD_ESTIMATORS:
+        raise UnsupportedError(
+            f"estimator {estimator!r} does not run on an offloaded model; with --offload use "
+            f"one of: {', '.join(OFFLOAD_ESTIMATORS)}"
+        )
     n = windows or spec.windows
     length = seq_len or spec.seq_len
     torch.manual_seed(seed)
@@ -195,7 +215,16 @@ def profile(
     )
     start = time.perf_counter()
     with torch.inference_mode(False):
-        result = spec.run(ctx)
+        try:
+            if ray is not None:
+                from allocator.distributed.pool import pool_for
+                from allocator.distributed.profile import run_on_ray
+
+                result = run_on_ray(ctx, estimator, loaded.source, device, pool_for(ray, device))
+            else:
+                result = spec.run(ctx)
+        finally:
+            release_kept(loaded.model)  # offloaded: the last block an estimator read
     scores = None
     if spec.kind == "score":
         from allocator.profile.combine import scores_to_losses
@@ -208,6 +237,7 @@ def profile(
         with torch.inference_mode(False):
             result, report = correct(ctx, result)
         record["option_calibration"] = report
+    release_kept(loaded.model)  # offloaded: what scores_to_losses / calibration kept
     record["seconds"] = round(time.perf_counter() - start, 2)
     provenance = Provenance(
         estimator=estimator,

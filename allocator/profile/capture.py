@@ -18,15 +18,14 @@ Every block is replayed with the arguments the model's own forward gives it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from allocator.models.actstats import ActStats
+from allocator.models.activations import like
+from allocator.models.actstats import ActStats, stat_hooks
 from allocator.models.blocks import (
     Backbone,
     BlockInputs,
@@ -35,6 +34,7 @@ from allocator.models.blocks import (
     record_block_calls,
     run_block,
 )
+from allocator.models.offload import holding
 from allocator.models.units import is_expert
 
 __all__ = [
@@ -58,28 +58,6 @@ class Capture:
     stats: dict[str, ActStats]
     lim: dict[int, float]
     n_tokens: int
-
-
-def _stat_hooks(
-    linears: dict[str, nn.Linear], stats: dict[str, ActStats], seen: dict[tuple, tuple]
-) -> list[Any]:
-    """Pre-hooks that feed ActStats, computing each distinct input tensor once (q/k/v share)."""
-
-    def make(name: str, module: nn.Linear) -> Callable[..., None]:
-        def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            key = (x.data_ptr(), tuple(x.shape))
-            hit = seen.get(key)
-            if hit is not None and hit[1] is x:
-                stats.setdefault(name, hit[0])
-                return
-            acc = stats.setdefault(name, ActStats(module.in_features))
-            acc.add(x)
-            seen[key] = (acc, x)  # keeping x alive prevents another tensor reusing its address
-
-        return hook
-
-    return [m.register_forward_pre_hook(make(n, m)) for n, m in linears.items()]
 
 
 def _cosine_gap(inputs: BlockInputs, outputs: BlockInputs) -> float:
@@ -113,15 +91,15 @@ def capture_stats(
         linears = linear_children(block, f"{prefix}.{index}")
         if unit_names is not None:
             linears = {n: m for n, m in linears.items() if n in unit_names}
-        outs = []
-        for hidden, call in inputs:
-            seen: dict[tuple, tuple] = {}
-            hooks = _stat_hooks(linears, stats, seen)
-            try:
-                outs.append(call(block, hidden))
-            finally:
-                for handle in hooks:
-                    handle.remove()
+        outs = like(inputs.hidden)  # in memory, or in files (--offload-activations)
+        with holding(block):  # an offloaded block is read once for every batch
+            for hidden, call in inputs:
+                hooks = stat_hooks(linears, stats)
+                try:
+                    outs.append(call(block, hidden))
+                finally:
+                    for handle in hooks:
+                        handle.remove()
         block_tokens = inputs.n_tokens
         for name, module in linears.items():
             stat = stats.setdefault(name, ActStats(module.in_features))  # unrouted experts: 0

@@ -28,6 +28,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from allocator.profile.blockwise import blockwise_fisher, use_blockwise
 from allocator.profile.estimators import Estimator, register
 from allocator.profile.journal import open_checkpoint
 
@@ -125,11 +126,18 @@ def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
     """Empirical Fisher diagonal; embedding models average ``probes`` random projections
     (setting, default 4) per window, so their losses predict the mean 1 - cos of a window's
     pooled embedding (see ``projection_objective``)."""
+    return _weighted_rows(ctx, fisher_importance(ctx))
+
+
+def fisher_importance(ctx: Any) -> dict[str, torch.Tensor]:
+    """F per unit weight, the mean squared gradient (the option rows are ``_weighted_rows``)."""
     if ctx.needs_stats():
         ctx.capture()
     embedding = is_embedding_model(ctx.model)
     probes = int(ctx.settings.get("probes", 4)) if embedding else 1
     generator = torch.Generator().manual_seed(ctx.seed)
+    if use_blockwise(ctx):  # offloaded: backward one block at a time (no checkpoint of sums)
+        return blockwise_fisher(ctx, probes, generator)
     checkpoint = open_checkpoint(ctx, "fisher")
     with _grads_on(ctx) as weights:
         fisher = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
@@ -156,7 +164,7 @@ def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
         bar.close()
         for f in fisher.values():
             f /= len(windows) * probes
-    return _weighted_rows(ctx, fisher)
+    return fisher
 
 
 def hutchinson_traces(ctx: Any) -> dict[str, float]:
@@ -196,9 +204,17 @@ def hutchinson_losses(ctx: Any) -> dict[str, dict[str, float]]:
 register(
     Estimator(
         "fisher", fisher_losses, windows=16, seq_len=256, checkpointed=True,
-        doc="1/2 sum F dW^2",
+        needs_gradients=True, doc="1/2 sum F dW^2 (empirical Fisher diagonal)",
     )
 )  # fmt: skip
 register(
-    Estimator("hutchinson", hutchinson_losses, windows=2, seq_len=256, doc="1/2 tr(H)/n ||dW||^2")
+    Estimator(
+        "hutchinson",
+        hutchinson_losses,
+        windows=2,
+        seq_len=256,
+        needs_gradients=True,
+        tasks=("causal_lm",),
+        doc="1/2 tr(H)/n ||dW||^2 (Hessian trace, HAWQ-V3)",
+    )
 )

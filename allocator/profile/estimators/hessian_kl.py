@@ -44,9 +44,10 @@ def hessian_kl_losses(ctx: Any) -> dict[str, dict[str, float]]:
     length = int(ctx.settings.get("kl_seq_len", 256))
     kl_ids = ctx.input_ids[:n, :length]
     meter = KLMeter(ctx, kl_ids)
-    measured = journaled_rows(
-        ctx, "hessian_kl", lambda unit: meter.measure_options(unit, references)
-    )
+    with meter.head_resident():
+        measured = journaled_rows(
+            ctx, "hessian_kl", lambda unit: meter.measure_options(unit, references)
+        )
     everything = list({o.key: o for o in [*ctx.options, *references]}.values())
     proxy_name = str(ctx.settings.get("proxy", "hessian"))
     proxy_estimator = ESTIMATORS.get(proxy_name)
@@ -70,6 +71,7 @@ register(
         windows=16,
         seq_len=512,
         journaled=True,
+        tasks=("causal_lm",),
         doc="hessian proxy calibrated to measured KL at reference options",
     )
 )

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from allocator.profile.blockwise import blockwise_output_energy, use_blockwise
 from allocator.profile.estimators import Estimator, register
 from allocator.profile.estimators.fisher import _window_loss, is_embedding_model
 
@@ -64,10 +65,22 @@ def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
     return {name: e / (len(windows) * probes) for name, e in energy.items()}
 
 
-@torch.no_grad()
 def kfac_losses(ctx: Any) -> dict[str, dict[str, float]]:
+    return kfac_rows(ctx, kfac_energy(ctx))
+
+
+def kfac_energy(ctx: Any) -> dict[str, torch.Tensor]:
+    """The capture (H) and ``G_r`` of every unit (the option rows are ``kfac_rows``)."""
     ctx.capture()
-    energy = output_gradient_energy(ctx)
+    if use_blockwise(ctx):  # offloaded: backward one block at a time
+        probes = int(ctx.settings.get("probes", 4)) if is_embedding_model(ctx.model) else 1
+        return blockwise_output_energy(ctx, probes, torch.Generator().manual_seed(ctx.seed))
+    return output_gradient_energy(ctx)
+
+
+@torch.no_grad()
+def kfac_rows(ctx: Any, energy: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """1/2 sum_r G_r [dW H dW^T]_rr for every unit and option."""
     losses: dict[str, dict[str, float]] = {}
     for unit in tqdm(ctx.units, desc="kfac rows", unit="unit", disable=not ctx.progress):
         hessian = ctx.stats(unit).hessian.float()
@@ -88,6 +101,7 @@ register(
         kfac_losses,
         windows=16,
         seq_len=256,
+        needs_gradients=True,
         doc="1/2 sum_r G_r [dW H dW^T]_rr (Fisher with input correlations)",
     )
 )

@@ -10,11 +10,13 @@ Cost: about |options| x (n_blocks - l) / n_blocks forward passes over the token 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from allocator.models.offload import holding, is_offloaded
 from allocator.profile.capture import BlockInputs, find_backbone, run_block
 from allocator.profile.estimators import Estimator, register
 from allocator.profile.journal import open_journal
@@ -47,16 +49,49 @@ class KLMeter:
             hidden = self.states[first]
             for block in self.backbone.layers[first:]:
                 hidden = run_block(block, hidden)
-            total = 0.0
-            for h, clean in zip(hidden.hidden, self.clean_logp, strict=True):
-                logq = self._log_probs(h)
-                total += float((clean.exp() * (clean - logq)).sum())
         finally:
             module.weight.data = original
+        return self._kl(hidden)
+
+    def _kl(self, hidden: BlockInputs) -> float:
+        total = 0.0
+        for h, clean in zip(hidden.hidden, self.clean_logp, strict=True):
+            logq = self._log_probs(h)
+            total += float((clean.exp() * (clean - logq)).sum())
         return max(total / self.n_tokens, 0.0)
 
     def measure_options(self, unit: Unit, options: list[Option]) -> dict[str, float]:
+        if is_offloaded(self.ctx.model) and unit.layer is not None:
+            return self._measure_streamed(unit, options)
         return {o.key: self.measure(unit, self.ctx.compress(unit, o)) for o in options}
+
+    @torch.no_grad()
+    def _measure_streamed(self, unit: Unit, options: list[Option]) -> dict[str, float]:
+        """Offloaded model: every option's hidden states pass each downstream block during one
+        read of it (the same operations as ``measure``, option by option)."""
+        module = self.ctx.module(unit)
+        weights = {o.key: self.ctx.compress(unit, o) for o in options}
+        first = self.backbone.layers[unit.layer]
+        hidden: dict[str, BlockInputs] = {}
+        original = module.weight.data
+        for key, weight in weights.items():
+            module.weight.data = weight.to(original.dtype)
+            try:
+                hidden[key] = run_block(first, self.states[unit.layer])
+            finally:
+                module.weight.data = original
+        for block in self.backbone.layers[unit.layer + 1 :]:
+            with holding(block):
+                hidden = {key: run_block(block, h) for key, h in hidden.items()}
+        return {key: self._kl(h) for key, h in hidden.items()}
+
+    def head_resident(self) -> contextlib.AbstractContextManager:
+        """Offloaded model: keep the final norm and head loaded while units are measured."""
+        stack = contextlib.ExitStack()
+        for module in (self.backbone.norm, self.backbone.head):
+            if module is not None:
+                stack.enter_context(holding(module))
+        return stack
 
 
 def journaled_rows(
@@ -78,7 +113,8 @@ def journaled_rows(
 
 def kl_losses(ctx: Any) -> dict[str, dict[str, float]]:
     meter = KLMeter(ctx)
-    return journaled_rows(ctx, "kl", lambda unit: meter.measure_options(unit, ctx.options))
+    with meter.head_resident():
+        return journaled_rows(ctx, "kl", lambda unit: meter.measure_options(unit, ctx.options))
 
 
 register(
@@ -88,6 +124,7 @@ register(
         windows=8,
         seq_len=256,
         journaled=True,
+        tasks=("causal_lm",),
         doc="measured single-unit KL vs the unmodified model",
     )
 )
