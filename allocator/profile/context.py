@@ -22,7 +22,7 @@ from allocator.profile.capture import (
     find_backbone,
     run_block,
 )
-from allocator.profile.compress import compressed_weight
+from allocator.quant.compress import compress_weight, needs_hessian, uses_act_sq
 from allocator.schema.option import Option
 from allocator.schema.unit import Unit
 
@@ -65,7 +65,7 @@ class ProfileContext:
 
     def needs_stats(self) -> bool:
         """Whether some option needs activation statistics (Wanda masks, GPTQ)."""
-        return any(o.sparsity > 0 or o.method != "rtn" for o in self.options)
+        return any(needs_hessian(o) or uses_act_sq(o) for o in self.options)
 
     def compress(
         self, unit: Unit, option: Option, *, with_stats: bool | None = None
@@ -73,12 +73,12 @@ class ProfileContext:
         """The compressed weight of a unit under an option (Wanda/GPTQ use the capture)."""
         weight = self.module(unit).weight
         use = self.needs_stats() if with_stats is None else with_stats
-        if use and (option.sparsity > 0 or option.method != "rtn"):
+        if use and (needs_hessian(option) or uses_act_sq(option)):
             stats = self.stats(unit)
-            return compressed_weight(
+            return compress_weight(
                 weight, option, hessian=stats.hessian.float(), act_sq=stats.act_sq.float()
             )
-        return compressed_weight(weight, option)
+        return compress_weight(weight, option)
 
     @torch.no_grad()
     def clean_states(self, input_ids: torch.Tensor | None = None) -> list[BlockInputs]:

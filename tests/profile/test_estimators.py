@@ -88,7 +88,7 @@ def test_estimator_table_is_complete_monotone_and_solvable(name, tiny_model, tin
 
 
 def test_hessian_equals_mean_squared_output_error(tiny_model, tiny_ids):
-    from allocator.profile.compress import compressed_weight
+    from allocator.quant.compress import compress_weight
     from allocator.schema.option import Option
 
     name = "model.layers.1.mlp.down_proj"
@@ -100,13 +100,13 @@ def test_hessian_equals_mean_squared_output_error(tiny_model, tiny_ids):
         tiny_model(input_ids=tiny_ids)
     handle.remove()
     x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs]).double()
-    dw = (compressed_weight(module.weight, Option.parse("b3-g32")) - module.weight).double()
+    dw = (compress_weight(module.weight, Option.parse("b3-g32")) - module.weight).double()
     expected = float((x @ dw.T).square().sum(dim=1).mean())
     assert table.losses[name]["b3-g32"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_kl_matches_a_full_forward_with_the_unit_compressed(tiny_model, tiny_ids):
-    from allocator.profile.compress import compressed_weight
+    from allocator.quant.compress import compress_weight
     from allocator.schema.option import Option
 
     name = "model.layers.0.self_attn.v_proj"
@@ -115,7 +115,7 @@ def test_kl_matches_a_full_forward_with_the_unit_compressed(tiny_model, tiny_ids
     with torch.no_grad():
         clean = torch.log_softmax(tiny_model(input_ids=tiny_ids).logits, -1)
         original = module.weight.data
-        module.weight.data = compressed_weight(original, Option.parse("b2-g32"))
+        module.weight.data = compress_weight(original, Option.parse("b2-g32"))
         noisy = torch.log_softmax(tiny_model(input_ids=tiny_ids).logits, -1)
         module.weight.data = original
     expected = float((clean.exp() * (clean - noisy)).sum(-1).mean())
@@ -142,7 +142,7 @@ def test_gptq_options_beat_rtn_on_the_hessian_proxy(tiny_model, tiny_ids):
 
 def test_kfac_weights_each_rows_output_error_by_its_gradient_energy(tiny_model, tiny_ids):
     """kfac = 1/2 sum_r G_r [dW H dW^T]_rr with G_r from autograd on the unit's output."""
-    from allocator.profile.compress import compressed_weight
+    from allocator.quant.compress import compress_weight
     from allocator.schema.option import Option
 
     name = "model.layers.0.self_attn.v_proj"
@@ -164,7 +164,7 @@ def test_kfac_weights_each_rows_output_error_by_its_gradient_energy(tiny_model, 
     handle.remove()
     tiny_model.zero_grad(set_to_none=True)
     x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs]).double()
-    dw = (compressed_weight(module.weight, Option.parse("b3-g32")) - module.weight).double()
+    dw = (compress_weight(module.weight, Option.parse("b3-g32")) - module.weight).double()
     per_row = (x @ dw.T).square().mean(dim=0)  # [dW H dW^T]_rr with H = X^T X / n
     expected = 0.5 * float((energy / len(tiny_ids) * per_row).sum())
     assert table.losses[name]["b3-g32"] == pytest.approx(expected, rel=1e-3)
@@ -186,9 +186,9 @@ def test_hessian_diag_accepts_an_imatrix(tiny_model, tiny_ids):
                     settings={"imatrix": imatrix})  # fmt: skip
     name = units[0].name
     weight = tiny_model.get_submodule(name).weight
-    from allocator.profile.compress import compressed_weight
+    from allocator.quant.compress import compress_weight
 
-    dw = compressed_weight(weight, table.options[0]) - weight
+    dw = compress_weight(weight, table.options[0]) - weight
     assert table.losses[name]["b2-g32"] == pytest.approx(float(dw.square().sum()), rel=1e-4)
 
 
