@@ -200,6 +200,12 @@ def test_rejected_plan_gets_a_near_uniform_candidate(
     assert validation["candidates"]["plan"]["predicted"] is not None
     assert any("near uniform" in m for m in logs)
     assert any("[chosen]" in r["method"] and "near uniform" in r["method"] for r in results["rows"])
-    # a rerun measures nothing again and keeps the same choice
+    # a rerun measures nothing again and keeps the same choice; new evaluation windows reuse
+    # every candidate's checkpoint
     again = run(settings, out, progress=False, log=logs.append)
     assert again["chosen"] == "near_uniform"
+    logs.clear()
+    more = run(settings.model_copy(update={"eval_windows": 3}), out, progress=False,
+               log=logs.append)  # fmt: skip
+    assert more["chosen"] == "near_uniform" and more["rows"] != results["rows"]
+    assert sum("checkpoint is up to date" in m for m in logs) == 3

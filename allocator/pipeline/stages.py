@@ -159,7 +159,7 @@ def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, s
     checkpoint = _checkpoint_module()
     if checkpoint is not None and stages.done(f"apply:{name}", key, folder):
         job.log(f"apply {name}: checkpoint is up to date, loaded")
-        return checkpoint.load_checkpoint(stages.out / folder), key
+        return checkpoint.load_checkpoint(stages.out / folder).model, key
     from allocator.quant.apply import apply_plan
     from allocator.quant.apply_journal import ApplyJournal
 
