@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from allocator.profile.blockwise import blockwise_output_energy, use_blockwise
 from allocator.profile.estimators import Estimator, register
 from allocator.profile.estimators.fisher import _window_loss, is_embedding_model
+from allocator.profile.journal import open_checkpoint
 
 
 def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
@@ -50,14 +51,29 @@ def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
     embedding = is_embedding_model(ctx.model)
     probes = int(ctx.settings.get("probes", 4)) if embedding else 1
     generator = torch.Generator().manual_seed(ctx.seed)
+    checkpoint = open_checkpoint(ctx, "kfac")
+    saved = checkpoint.load() if checkpoint is not None else None
+    done = 0
+    if saved is not None:
+        tensors, done = saved
+        energy.update({n: t.double() for n, t in tensors.items() if n in energy})
+        if "_generator" in tensors:
+            generator.set_state(tensors["_generator"])
+    bar = tqdm(total=len(windows), initial=done, desc="kfac", unit="window",
+               disable=not ctx.progress)  # fmt: skip
     try:
         with torch.enable_grad():
-            for ids in tqdm(windows, desc="kfac", unit="window", disable=not ctx.progress):
-                ids = ids[None].to(device)
+            for index in range(done, len(windows)):
+                ids = windows[index][None].to(device)
                 for _ in range(probes):
                     embeds = ctx.model.get_input_embeddings()(ids).detach().requires_grad_(True)
                     _window_loss(ctx, ids, inputs_embeds=embeds, generator=generator).backward()
+                bar.update(1)
+                if checkpoint is not None:
+                    checkpoint.maybe_save({**energy, "_generator": generator.get_state()},
+                                          index + 1)  # fmt: skip
     finally:
+        bar.close()
         for handle in handles:
             handle.remove()
         for name, p in ctx.model.named_parameters():
@@ -102,6 +118,7 @@ register(
         windows=16,
         seq_len=256,
         needs_gradients=True,
+        checkpointed=True,
         doc="1/2 sum_r G_r [dW H dW^T]_rr (Fisher with input correlations)",
     )
 )

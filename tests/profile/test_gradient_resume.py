@@ -1,4 +1,5 @@
-"""A killed ``fisher`` profile resumes from its checkpoint and gives the uninterrupted table."""
+"""A killed ``fisher`` or ``kfac`` profile resumes from its checkpoint of running sums and gives
+the uninterrupted table."""
 
 from __future__ import annotations
 
@@ -24,23 +25,25 @@ from tests.helpers import tiny_model, tiny_ids
 from allocator.profile.api import profile
 ids = tiny_ids(n=40, seq_len=24)
 import allocator.profile.estimators.fisher as fisher
+import allocator.profile.estimators.kfac as kfac
 real = fisher._window_loss
 def slow(*args, **kwargs):
     import time; time.sleep(0.25)
     return real(*args, **kwargs)
-fisher._window_loss = slow
-profile(tiny_model("llama"), ids, "fisher", {grid!r}, progress=False, journal={journal!r},
+fisher._window_loss = kfac._window_loss = slow
+profile(tiny_model("llama"), ids, {estimator!r}, {grid!r}, progress=False, journal={journal!r},
         resume=True, settings={{"checkpoint_every_s": 0}})
 """
 
 
-def test_killed_fisher_resumes_to_the_same_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize("estimator", ["fisher", "kfac"])
+def test_killed_estimator_resumes_to_the_same_table(tmp_path: Path, estimator: str) -> None:
     from tests.helpers import tiny_ids, tiny_model
 
-    journal = tmp_path / "fisher.jsonl"
-    checkpoint = Path(f"{journal}.fisher.safetensors")
+    journal = tmp_path / f"{estimator}.jsonl"
+    checkpoint = Path(f"{journal}.{estimator}.safetensors")
     root = str(Path(__file__).resolve().parents[2])
-    code = SCRIPT.format(root=root, grid=GRID, journal=str(journal))
+    code = SCRIPT.format(root=root, grid=GRID, journal=str(journal), estimator=estimator)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=root)
     deadline = time.monotonic() + 120
     while not checkpoint.is_file() and time.monotonic() < deadline and proc.poll() is None:
@@ -56,9 +59,9 @@ def test_killed_fisher_resumes_to_the_same_table(tmp_path: Path) -> None:
     assert 0 < done < 40
     ids = tiny_ids(n=40, seq_len=24)
     settings = {"checkpoint_every_s": 0}
-    resumed = profile(tiny_model("llama"), ids, "fisher", GRID, progress=False,
+    resumed = profile(tiny_model("llama"), ids, estimator, GRID, progress=False,
                       journal=journal, resume=True, settings=settings)  # fmt: skip
-    fresh = profile(tiny_model("llama"), ids, "fisher", GRID, progress=False, settings=settings)
+    fresh = profile(tiny_model("llama"), ids, estimator, GRID, progress=False, settings=settings)
     for unit, row in fresh.losses.items():
         for key, value in row.items():
             assert resumed.losses[unit][key] == pytest.approx(value, rel=1e-4)
