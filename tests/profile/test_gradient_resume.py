@@ -1,4 +1,4 @@
-"""A killed ``fisher`` or ``kfac`` profile resumes from its checkpoint of running sums and gives
+"""A killed ``fisher``, ``kfac`` or ``hutchinson`` profile resumes from its checkpoint of running sums and gives
 the uninterrupted table."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ profile(tiny_model("llama"), ids, {estimator!r}, {grid!r}, progress=False, journ
 """
 
 
-@pytest.mark.parametrize("estimator", ["fisher", "kfac"])
+@pytest.mark.parametrize("estimator", ["fisher", "kfac", "hutchinson"])
 def test_killed_estimator_resumes_to_the_same_table(tmp_path: Path, estimator: str) -> None:
     from tests.helpers import tiny_ids, tiny_model
 

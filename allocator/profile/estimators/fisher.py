@@ -176,19 +176,27 @@ def hutchinson_traces(ctx: Any) -> dict[str, float]:
         names, params = list(weights), list(weights.values())
         traces = dict.fromkeys(names, 0.0)
         batches = list(ctx.input_ids.split(ctx.batch_size))
-        steps = tqdm(total=probes * len(batches), desc="hutchinson", disable=not ctx.progress)
-        for _ in range(probes):
-            for ids in batches:
-                loss = _window_loss(ctx, ids)
-                grads = torch.autograd.grad(loss, params, create_graph=True)
-                vs = [
-                    (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p)
-                    for p in params
-                ]
-                hvs = torch.autograd.grad(grads, params, grad_outputs=vs)
-                for name, v, hv in zip(names, vs, hvs, strict=True):
-                    traces[name] += float((v * hv).sum())
-                steps.update()
+        checkpoint = open_checkpoint(ctx, "hutchinson")
+        saved = checkpoint.load() if checkpoint is not None else None
+        done = 0
+        if saved is not None:
+            tensors, done = saved
+            traces.update({n: float(t) for n, t in tensors.items() if n in traces})
+            generator.set_state(tensors["_generator"])
+        steps = tqdm(total=probes * len(batches), initial=done, desc="hutchinson",
+                     disable=not ctx.progress)  # fmt: skip
+        for step in range(done, probes * len(batches)):
+            ids = batches[step % len(batches)]
+            loss = _window_loss(ctx, ids)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            vs = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
+            hvs = torch.autograd.grad(grads, params, grad_outputs=vs)
+            for name, v, hv in zip(names, vs, hvs, strict=True):
+                traces[name] += float((v * hv).sum())
+            steps.update()
+            if checkpoint is not None:
+                state = {n: torch.tensor(t, dtype=torch.float64) for n, t in traces.items()}
+                checkpoint.maybe_save({**state, "_generator": generator.get_state()}, step + 1)
         steps.close()
         total = probes * len(batches)
         return {n: traces[n] / total / weights[n].numel() for n in names}
@@ -215,6 +223,7 @@ register(
         seq_len=256,
         needs_gradients=True,
         tasks=("causal_lm",),
+        checkpointed=True,
         doc="1/2 tr(H)/n ||dW||^2 (Hessian trace, HAWQ-V3)",
     )
 )
