@@ -47,6 +47,7 @@ from allocator.errors import InputError, UnsupportedError
 from allocator.export.compressed_tensors import weight_args
 from allocator.patterns import exact_name_patterns
 from allocator.quant.quant_linear import QuantLinear
+from allocator.schema.io import replace_folder
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
 
@@ -290,21 +291,13 @@ def _state(
     return tensors, groups, ignore, n_fp16
 
 
+def _is_compressed_tensors(out: Path) -> bool:
+    config = out / "config.json"
+    return config.is_file() and "quantization_config" in config.read_text()
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        config = out / "config.json"
-        ours = config.is_file() and "quantization_config" in config.read_text()
-        if not ours and (not out.is_dir() or any(out.iterdir())):
-            raise InputError(
-                f"--out {out}: exists and is not a compressed-tensors folder; choose a new "
-                "folder or empty it"
-            )
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_folder(tmp, out, owned=_is_compressed_tensors, what="a compressed-tensors folder")
 
 
 def save_compressed_tensors(

@@ -31,7 +31,7 @@ from allocator.models.offload import runtime_of
 from allocator.models.tensorfile import write_safetensors
 from allocator.models.trust import dtype_named, model_class_named
 from allocator.quant.quant_linear import QuantLinear
-from allocator.schema.io import load_plan, save_plan
+from allocator.schema.io import load_plan, replace_folder, save_plan
 from allocator.schema.plan import Plan
 
 FORMAT = "allocator-packed"
@@ -171,18 +171,8 @@ def _write_checksums(folder: Path) -> None:
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
-            raise InputError(
-                f"--out {out}: the folder exists and is not an allocator checkpoint; "
-                "choose a new folder or empty it"
-            )
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_folder(tmp, out, owned=lambda o: (o / CONFIG_FILE).is_file(),
+                   what="an allocator checkpoint")  # fmt: skip
 
 
 def save_checkpoint(

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +68,22 @@ def _remove_stale_temps(target: Path) -> None:
                 stale.unlink()
             finally:
                 os.close(fd)
+
+
+def replace_folder(tmp: Path, out: Path, *, owned: Callable[[Path], bool], what: str) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing an earlier ``out`` only when
+    ``owned(out)`` says it is one of ours (or it is empty): readers see the old or the new."""
+    import shutil
+
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if not owned(out) and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--out {out}: exists and is not {what}; choose a new folder or empty it")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
