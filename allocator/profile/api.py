@@ -141,7 +141,7 @@ def profile(
     ``offload`` (a model name or folder): weights stay on disk and each block is read when it
     runs (``allocator.models.offload``; estimators in ``OFFLOAD_ESTIMATORS``);
     ``offload_activations``: a folder for the cached hidden states. ``ray`` (``auto`` or a
-    cluster address): the per-block work runs as Ray tasks (``allocator.distributed``).
+    cluster address): the per-block work runs as Ray tasks (``allocator.profile.distributed``).
     """
     load_all()
     spec = ESTIMATORS.get(estimator)
@@ -218,7 +218,7 @@ def profile(
         try:
             if ray is not None:
                 from allocator.distributed.pool import pool_for
-                from allocator.distributed.profile import run_on_ray
+                from allocator.profile.distributed import run_on_ray
 
                 result = run_on_ray(ctx, estimator, loaded.source, device, pool_for(ray, device))
             else:

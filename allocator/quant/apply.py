@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from allocator.distributed.apply import compress_many
 from allocator.errors import InputError, PlanCheckError
 from allocator.models.adapters import prepare_model
 from allocator.models.offload import keep_resident, release_kept
 from allocator.models.units import find_units
 from allocator.quant.apply_journal import ApplyJournal
 from allocator.quant.compress import check_option, compress, needs_hessian, uses_act_sq
+from allocator.quant.distributed import compress_many
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
@@ -212,7 +212,7 @@ def apply_plan(
     ``calib_windows`` (n, L) token ids are required when a method needs the input Hessian.
     ``journal`` keeps each finished block on disk so a killed apply resumes where it stopped
     (``allocator.quant.apply_journal``). ``ray`` (``auto`` or a cluster address): the units of
-    each block are compressed as parallel Ray tasks (``allocator.distributed.apply``). An
+    each block are compressed as parallel Ray tasks (``allocator.quant.distributed``). An
     offloaded model (``allocator.models.offload``) is compressed one block at a time.
     """
     from allocator.distributed.pool import pool_for
