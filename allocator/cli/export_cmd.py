@@ -27,6 +27,25 @@ def _units_from(units_path: Path | None, model: str | None):
     return None
 
 
+def _target_lines() -> list[str]:
+    """Every name ``export --to`` accepts, one line each with what its rules allow: each target
+    (with its aliases), then its serving variants (``gptqmodel+vllm``; aliases take them too)."""
+    from allocator.export import EXPORTERS
+    from allocator.schema.targets import get_rules
+
+    def line(name: str, aliases: tuple[str, ...]) -> str:
+        also = f" (also: {', '.join(aliases)})" if aliases else ""
+        return f"{name}{also}: {get_rules(name).why}"
+
+    lines = []
+    for name in EXPORTERS.names():
+        rules = get_rules(name)
+        lines.append(line(name, rules.aliases))
+        for variant in rules.variants:
+            lines.append(line(f"{name}+{variant}", tuple(f"{a}+{variant}" for a in rules.aliases)))
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
@@ -48,15 +67,12 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="print only the paths written"),
     ) -> None:
         """Write a plan as GPTQModel/AutoRound/llm-compressor/llama.cpp/torchao/ModelOpt/HQQ config."""
-        from allocator.export import EXPORTERS, export_plan
+        from allocator.export import export_plan
         from allocator.schema.io import load_plan
-        from allocator.schema.targets import ALIASES, get_rules
 
         if list_targets:
-            for name in EXPORTERS.names():
-                aliases = [a for a, t in ALIASES.items() if t == name]
-                also = f" (also: {', '.join(aliases)})" if aliases else ""
-                typer.echo(f"{name}{also}: {get_rules(name).why}")
+            for line in _target_lines():
+                typer.echo(line)
             return
         if plan is None or to is None or out is None:
             raise InputError("export: give --plan PLAN --to TARGET --out FILE (or --list)")

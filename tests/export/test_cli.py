@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -92,6 +93,28 @@ def test_export_list(capsys):
         "hqq",
     ):
         assert name in listed
+
+
+def test_export_list_names_every_target_the_cli_accepts(capsys):
+    from allocator.export import EXPORTERS
+    from allocator.schema.targets import TARGETS, get_rules
+
+    assert main(["export", "--list"]) == 0
+    listed: set[str] = set()
+    for line in capsys.readouterr().out.splitlines():
+        head = re.match(r"(\S+?)(?: \(also: ([^)]*)\))?: ", line)
+        assert head, line
+        listed |= {head[1], *(head[2] or "").split(", ")} - {""}
+    accepted = {
+        f"{base}{suffix}"
+        for name, rules in TARGETS.items()
+        for base in (name, *rules.aliases)
+        for suffix in ("", *(f"+{v}" for v in rules.variants))
+    }
+    assert listed == accepted
+    assert {"gptqmodel+vllm", "autoround+vllm", "compressed-tensors+vllm"} <= listed
+    for name in listed:  # each one resolves to rules and an exporter, as --to NAME does
+        EXPORTERS.get(get_rules(name).name.partition("+")[0])
 
 
 def test_import_imatrix_and_exl2(tmp_path, units):
