@@ -6,10 +6,12 @@ calibration text), and evaluated by llama.cpp (logits from ``llama_cpp.Llama``) 
 held-out token windows:
 
 1. for each preset (Q3_K_M, Q4_K_M, Q5_K_M) its file, and the bytes of its block linear tensors;
-2. a sensitivity table whose options are ggml types: for each bit width b, llama.cpp quantizes
-   every block linear to the type b maps to (``ggml_type_for``: K-quants where rows are
-   multiples of 256, else Q4_0/Q5_0/Q8_0) and allocator's estimator (Fisher by default) scores
-   the real llama.cpp weight error of each tensor (``fisher_losses`` on the weights read back);
+2. a sensitivity table whose options are ggml types: for each option (bit widths 2-8, and 4 and
+   5 bits both asymmetric and ``-sym``), llama.cpp quantizes every block linear to the type the
+   option maps to (``ggml_type_for``: K-quants where rows are multiples of 256, else Q4_1/Q5_1
+   for asymmetric and Q4_0/Q5_0 for symmetric options, Q8_0 above 5 bits) and allocator's
+   estimator (Fisher by default) scores the real llama.cpp weight error of each tensor
+   (``fisher_losses`` on the weights read back);
 3. for each preset an allocator plan whose block tensors take at most the preset's bytes
    (resource ``ggml_bits``), quantized over the same preset (so embeddings and output match);
 4. perplexity of all of them, the F32 GGUF, and allocator's own evaluation of the original.
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from allocator.deploy import gguf as dg
 from allocator.profile.context import ProfileContext
 
-WIDTHS = (2, 3, 4, 5, 6, 8)
+OPTIONS = ("b2-g32", "b3-g32", "b4-g32", "b4-g32-sym", "b5-g32", "b5-g32-sym", "b6-g32", "b8-g32")
 
 
 @dataclass
@@ -43,10 +45,10 @@ class GGMLContext(ProfileContext):
     """A profile context whose "compressed weight" of an option is llama.cpp's quantization of
     the unit to the ggml type that option becomes, read back from a GGUF."""
 
-    ggml: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    ggml: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def compress(self, unit, option, *, with_stats=None):  # type: ignore[override]
-        return torch.from_numpy(self.ggml[option.bits][unit.name])
+        return torch.from_numpy(self.ggml[option.key][unit.name])
 
 
 def main() -> None:
@@ -104,14 +106,16 @@ def main() -> None:
     step(f"F32 GGUF and imatrix ({len(imatrix)} tensors)")
 
     # 2. a table of llama.cpp's real weight errors, scored by allocator's Fisher estimator
-    options = [Option.parse(f"b{b}-g32") for b in WIDTHS]
-    ggml: dict[int, dict[str, np.ndarray]] = {}
-    for b in WIDTHS:
-        overrides, _ = dg.plan_tensor_types(uniform_plan(model, f"b{b}-g32"), units)
-        path = dg.quantize(f32, work / f"w{b}.gguf", "Q8_0", overrides=overrides, imatrix=imatrix)
-        ggml[b] = dg.unit_weights(path, names, model.config)
+    options = [Option.parse(key) for key in OPTIONS]
+    ggml: dict[str, dict[str, np.ndarray]] = {}
+    for option in options:
+        overrides, _ = dg.plan_tensor_types(uniform_plan(model, option.key), units)
+        path = dg.quantize(
+            f32, work / f"{option.key}.gguf", "Q8_0", overrides=overrides, imatrix=imatrix
+        )
+        ggml[option.key] = dg.unit_weights(path, names, model.config)
         path.unlink()
-    step("per-width llama.cpp quantizations read back")
+    step("per-option llama.cpp quantizations read back")
     ctx = GGMLContext(
         model=model,
         input_ids=calib[: args.fisher_windows],

@@ -5,9 +5,10 @@ matching pattern wins in current releases, the last in older ones); patterns her
 and disjoint, so the order never matters. Each option maps to the ggml type of its bit width
 (K-quants: Q2_K 2.625, Q3_K 3.4375, Q4_K 4.5, Q5_K 5.5, Q6_K 6.5625 bits per weight with their
 256-weight super-blocks; Q8_0 8.5). When a tensor's row length is not a multiple of 256 (SmolLM2's
-576), llama-quantize would silently fall back; we pick the 32-block type ourselves (Q4_0, Q5_0,
-Q8_0) and report the size this costs. The plan's group size and symmetry are not kept: ggml types
-fix their own blocks.
+576), llama-quantize would silently fall back; we pick the 32-block type ourselves (Q4_1/Q5_1 for
+asymmetric options, which store a minimum per block like a zero point; Q4_0/Q5_0 for symmetric
+ones; Q8_0) and report the size this costs. The plan's group size is not kept: ggml types fix
+their own blocks.
 """
 
 from __future__ import annotations

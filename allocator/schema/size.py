@@ -53,8 +53,10 @@ GGML_TYPES: dict[str, tuple[float, int]] = {
     "IQ2_XXS": (2.0625, 256),
     "F16": (16.0, 1),
 }
-# Bit width -> ggml types in order of preference: the K-quant of that width, then the smallest
-# 32-block type with at least that many bits (IQ types need an imatrix, so none is chosen here).
+# Bit width -> ggml types in order of preference: the K-quant of that width (256-weight
+# super-blocks), then, for rows that 256 does not divide, the smallest 32-block type with at least
+# that many bits and the option's symmetry (Q4_1/Q5_1 store a minimum per block, as an asymmetric
+# option stores a zero point; Q4_0/Q5_0/Q8_0 do not). IQ types need an imatrix: none is chosen.
 GGML_PREFERENCE: dict[int, tuple[str, ...]] = {
     1: ("Q2_K", "Q4_0"),
     2: ("Q2_K", "Q4_0"),
@@ -66,6 +68,7 @@ GGML_PREFERENCE: dict[int, tuple[str, ...]] = {
     8: ("Q8_0",),
     16: ("F16",),
 }
+GGML_ASYMMETRIC = {"Q4_0": "Q4_1", "Q5_0": "Q5_1"}  # the same block with a minimum per block
 
 
 def ggml_type_for(option: Option, in_features: int | None) -> str:
@@ -73,7 +76,7 @@ def ggml_type_for(option: Option, in_features: int | None) -> str:
     for name in GGML_PREFERENCE[option.bits]:
         block = GGML_TYPES[name][1]
         if in_features is None or in_features % block == 0:
-            return name
+            return name if option.symmetric else GGML_ASYMMETRIC.get(name, name)
     return "F16"
 
 

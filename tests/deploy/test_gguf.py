@@ -85,13 +85,15 @@ def test_importance_matrix_is_the_mean_squared_input(tiny, tiny_folder):
 
 def test_plan_types_come_from_the_llamacpp_exporter(tiny):
     units = find_units(tiny.model)
-    keys = ["b4-g32", "b5-g32", "b8-g32"]
-    plan = plan_for_options(tiny.model, {u.name: keys[i % 3] for i, u in enumerate(units)})
+    keys = ["b4-g32", "b5-g32", "b8-g32", "b4-g32-sym", "b5-g32-sym"]
+    plan = plan_for_options(tiny.model, {u.name: keys[i % 5] for i, u in enumerate(units)})
     overrides, common = dg.plan_tensor_types(plan, units)
-    # 64- and 128-input rows are no multiple of 256: 32-block types
-    assert {t for _, t in overrides} == {"Q4_0", "Q5_0", "Q8_0"}
+    # 64- and 128-input rows are no multiple of 256: 32-block types, with a minimum per block
+    # (Q4_1/Q5_1) for asymmetric options
+    types = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+    assert {t for _, t in overrides} == types
     assert all(p.startswith("^") and p.endswith("$") for p, _ in overrides)
-    assert common in {"Q4_0", "Q5_0", "Q8_0"}
+    assert common in types
 
 
 def test_without_llama_cpp_the_cli_says_how_to_install(tiny_folder, tmp_path, capsys):
@@ -114,7 +116,7 @@ def test_llama_cpp_follows_the_plan_and_evaluates_like_allocator(tiny, tiny_fold
     from allocator.evaluate import evaluate
 
     units = find_units(tiny.model)
-    keys = ["b4-g32", "b5-g32", "b8-g32", "b8-g32"]
+    keys = ["b4-g32", "b5-g32-sym", "b8-g32", "b5-g32"]
     plan = plan_for_options(tiny.model, {u.name: keys[i % 4] for i, u in enumerate(units)})
     text = tiny_folder["calib"].read_text()
     result = dg.apply_gguf(
@@ -122,7 +124,7 @@ def test_llama_cpp_follows_the_plan_and_evaluates_like_allocator(tiny, tiny_fold
         progress=False,
     )  # fmt: skip
     assert result.unit_bytes == result.predicted_unit_bytes
-    assert set(result.types) == {"Q4_0", "Q5_0", "Q8_0"}
+    assert set(result.types) == {"Q4_1", "Q5_0", "Q5_1", "Q8_0"}
     assert result.imatrix_entries == len(units) + 1
     held = _windows(tiny, text, n=4, contiguous=True)
     f32 = dg.source_gguf(str(tiny_folder["model"]), tmp_path / "f32.gguf")
@@ -140,7 +142,7 @@ def test_cli_writes_a_gguf(tiny_folder, tmp_path, capsys):
     from allocator.schema.io import save_plan
 
     model = load_model(str(tiny_folder["model"])).model
-    save_plan(uniform_plan(model, "b5-g32"), tmp_path / "plan.json")
+    save_plan(uniform_plan(model, "b5-g32-sym"), tmp_path / "plan.json")
     args = ["apply", "--plan", str(tmp_path / "plan.json"), "--model", str(tiny_folder["model"])]
     args += ["--calib-text", str(tiny_folder["calib"]), "--calib-windows", "2", "--seq-len", "32"]
     assert main([*args, "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
