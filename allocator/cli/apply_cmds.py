@@ -195,6 +195,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
         offload: scale_opts.Offload = False,
         offload_activations: scale_opts.OffloadActivations = None,
+        ray: scale_opts.Ray = None,
     ) -> None:
         """Perplexity on held-out text (first N windows), and mean KL vs a reference model;
         for encoders, embedding cosine and hidden-state MSE vs the reference."""
@@ -204,6 +205,7 @@ def register(app: typer.Typer) -> None:
             model, reference=reference, text=[str(p) for p in text] if text else None,
             windows=windows, seq_len=seq_len, task=task, batch_size=batch_size, bos=bos,
             progress=not quiet, offload=offload, offload_activations=offload_activations,
+            ray=ray,
         )  # fmt: skip
         if as_json:
             typer.echo(json.dumps(record, indent=1))

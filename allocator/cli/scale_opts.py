@@ -28,8 +28,9 @@ Ray = Annotated[
     str | None,
     typer.Option(
         "--ray",
-        help="run the per-block work as Ray tasks: 'auto' (a local Ray instance, or the cluster "
-        "in $RAY_ADDRESS) or a cluster ADDRESS (host:6379, see 'ray start --head')",
+        help="run the work as Ray tasks (profile, apply: per block; eval: batches of windows): "
+        "'auto' (a local Ray instance, or the cluster in $RAY_ADDRESS) or a cluster ADDRESS "
+        "(host:6379, see 'ray start --head')",
         metavar="auto|ADDRESS",
     ),
 ]

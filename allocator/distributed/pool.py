@@ -50,6 +50,12 @@ class RayPool:
             self._remote[fn] = remote
         return remote
 
+    def slots(self, *, gpu: bool = False) -> int:
+        """How many tasks the cluster runs at once: its CPUs (GPUs for ``gpu`` tasks)."""
+        resources = self.ray.cluster_resources()
+        key = "GPU" if gpu and self.num_gpus else "CPU"
+        return max(1, int(resources.get(key, 1)))
+
     def put(self, value: Any) -> Any:
         """Store a large shared argument once (tasks receive the value)."""
         return self.ray.put(value)

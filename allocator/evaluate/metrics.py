@@ -155,6 +155,93 @@ def auto_batch_size(model: Any, seq_len: int, budget_bytes: int = LOGIT_BYTES) -
     return max(1, min(8, budget_bytes // max(4 * seq_len * vocab, 1)))
 
 
+@dataclass
+class BatchSums:
+    """One batch's sums: next-token NLL per model, KL(reference || model) per model (empty
+    without a reference) and the reference's own NLL (with ``reference_nll``)."""
+
+    windows: int
+    nll: dict[str, float]
+    kl: dict[str, float]
+    reference_nll: float = 0.0
+
+
+def batch_sums(
+    models: dict[str, Any],
+    windows: torch.Tensor,
+    reference: Any = None,
+    *,
+    batch_size: int,
+    reference_nll: bool = False,
+    on_batch: Any = None,
+) -> list[BatchSums]:
+    """The sums of every batch of ``batch_size`` windows, in order (``on_batch(n)`` after each).
+
+    Adding these in order gives ``evaluate_many``'s totals bit for bit, so windows may be
+    split at batch boundaries across processes (``allocator.evaluate.distributed``)."""
+    # offloaded models run every window through one block at a time (each block read once)
+    models = {name: streamed(model, windows, batch_size) for name, model in models.items()}
+    if reference is not None and not isinstance(reference, LogProbCache):
+        reference = streamed(reference, windows, batch_size)
+    own_reference = reference is not None and not isinstance(reference, LogProbCache)
+    out = []
+    for start, batch in _batches(windows, batch_size):
+        sums = BatchSums(windows=int(batch.shape[0]), nll={}, kl={})
+        ref_logits = None
+        if reference is not None:
+            ref_logits = _reference_log_probs(reference, windows, start, batch)
+            if own_reference and reference_nll:
+                sums.reference_nll = _nll_sum(ref_logits, batch)
+        for name, model in models.items():
+            logits = _logits(model, batch)
+            sums.nll[name] = _nll_sum(logits, batch)
+            if ref_logits is not None:
+                sums.kl[name] = _kl_sum(ref_logits, logits)
+            del logits
+        del ref_logits
+        out.append(sums)
+        if on_batch is not None:
+            on_batch(sums.windows)
+    return out
+
+
+def results_of(
+    sums: list[BatchSums],
+    names: list[str],
+    seq_len: int,
+    *,
+    with_kl: bool,
+    reference_name: str | None = None,
+    seconds: float = 0.0,
+) -> dict[str, EvalResult]:
+    """Perplexity and mean KL of every model from its batches' sums (added in batch order)."""
+    n = sum(s.windows for s in sums)
+    n_pred = n * (seq_len - 1)
+    nll = dict.fromkeys(names, 0.0)
+    kl = dict.fromkeys(names, 0.0)
+    ref_nll = 0.0
+    for s in sums:
+        for name in names:
+            nll[name] += s.nll[name]
+            if with_kl:
+                kl[name] += s.kl[name]
+        ref_nll += s.reference_nll
+
+    def result(total_nll: float, total_kl: float | None) -> EvalResult:
+        return EvalResult(
+            perplexity=math.exp(total_nll / n_pred),
+            kl=None if total_kl is None else total_kl / (n * seq_len),
+            n_windows=n,
+            n_tokens=n_pred,
+            seconds=seconds,
+        )
+
+    results = {name: result(nll[name], kl[name] if with_kl else None) for name in names}
+    if reference_name is not None:
+        results[reference_name] = result(ref_nll, 0.0)
+    return results
+
+
 def evaluate_many(
     models: dict[str, Any],
     windows: torch.Tensor,
@@ -175,49 +262,17 @@ def evaluate_many(
     began = time.perf_counter()
     first = next(iter(models.values()), reference)
     size = batch_size or auto_batch_size(first, windows.shape[1])
-    # offloaded models run every window through one block at a time (each block read once)
-    models = {name: streamed(model, windows, size) for name, model in models.items()}
-    if reference is not None and not isinstance(reference, LogProbCache):
-        reference = streamed(reference, windows, size)
-    nll = dict.fromkeys(models, 0.0)
-    kl = dict.fromkeys(models, 0.0)
-    ref_nll = 0.0
     own_reference = reference is not None and not isinstance(reference, LogProbCache)
+    with_ref_nll = own_reference and reference_name is not None
     bar = tqdm(total=windows.shape[0], desc=desc, disable=not progress)
-    for start, batch in _batches(windows, size):
-        ref_logits = None
-        if reference is not None:
-            ref_logits = _reference_log_probs(reference, windows, start, batch)
-            if own_reference and reference_name is not None:
-                ref_nll += _nll_sum(ref_logits, batch)
-        for name, model in models.items():
-            logits = _logits(model, batch)
-            nll[name] += _nll_sum(logits, batch)
-            if ref_logits is not None:
-                kl[name] += _kl_sum(ref_logits, logits)
-            del logits
-        del ref_logits
-        bar.update(batch.shape[0])
+    sums = batch_sums(models, windows, reference, batch_size=size, reference_nll=with_ref_nll,
+                      on_batch=bar.update)  # fmt: skip
     bar.close()
-    n, seq_len = windows.shape
-    n_pred = n * (seq_len - 1)
-    seconds = time.perf_counter() - began
-
-    def result(total_nll: float, total_kl: float | None) -> EvalResult:
-        return EvalResult(
-            perplexity=math.exp(total_nll / n_pred),
-            kl=None if total_kl is None else total_kl / (n * seq_len),
-            n_windows=n,
-            n_tokens=n_pred,
-            seconds=seconds,
-        )
-
-    results = {
-        name: result(nll[name], kl[name] if reference is not None else None) for name in models
-    }
-    if own_reference and reference_name is not None:
-        results[reference_name] = result(ref_nll, 0.0)
-    return results
+    return results_of(
+        sums, list(models), int(windows.shape[1]), with_kl=reference is not None,
+        reference_name=reference_name if with_ref_nll else None,
+        seconds=time.perf_counter() - began,
+    )  # fmt: skip
 
 
 def evaluate(

@@ -117,7 +117,7 @@ def run(
     install_choice(stages, chosen, plans[chosen])
     if not settings.compare_uniform and chosen == "plan":
         candidates.pop("uniform", None)
-    results = evaluate_stage(job, plan, candidates, plans, chosen)
+    results = evaluate_stage(job, plan, candidates, plans, chosen, stages)
     results["validation"] = validation
     results["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_text(folder / "results.json", json.dumps(results, indent=1) + "\n")

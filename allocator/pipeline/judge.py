@@ -44,7 +44,7 @@ def validate_stage(
             todo[name] = model
     ids = job.windows("calib", s.validate_windows, s.seq_len, holdout=True)
     if todo:
-        kl.update(_measure(job, todo, ids))
+        kl.update(_measure(job, stages, todo, ids))
     chosen = _best(kl)
     record = {
         "windows": int(ids.shape[0]),
@@ -67,18 +67,45 @@ def validate_stage(
     return record
 
 
-def _measure(job: Job, models: dict[str, Any], ids: Any) -> dict[str, float | None]:
+def _measure(job: Job, stages: Stages, models: dict[str, Any], ids: Any) -> dict[str, float | None]:
     if job.task == "embedding":
         from allocator.evaluate.embedding import evaluate_embeddings
 
         similarity = evaluate_embeddings(models, ids, job.loaded.model, progress=job.progress,
                                          desc="validate")  # fmt: skip
         return {name: 1.0 - similarity[name].cosine for name in models}
-    from allocator.evaluate import evaluate_many
-
-    measured = evaluate_many(models, ids, job.loaded.model, progress=job.progress,
-                             desc="validate")  # fmt: skip
+    measured = _evaluate(job, stages, models, ids, desc="validate")
     return {name: measured[name].kl for name in models}
+
+
+def _evaluate(
+    job: Job,
+    stages: Stages | None,
+    candidates: dict[str, Any],
+    ids: Any,
+    *,
+    reference_name: str | None = None,
+    desc: str,
+) -> dict[str, Any]:
+    """``evaluate_many`` of the candidates against the original; with ``--ray`` its batches
+    run as Ray tasks loading each candidate from its saved checkpoint (same results)."""
+    from allocator.evaluate import auto_batch_size, evaluate_many
+
+    s = job.settings
+    folders = {} if stages is None else {n: stages.out / "candidates" / n for n in candidates}
+    if s.ray is None or not candidates or not all(f.is_dir() for f in folders.values()):
+        return evaluate_many(candidates, ids, job.loaded.model, reference_name=reference_name,
+                             progress=job.progress, desc=desc)  # fmt: skip
+    from allocator.distributed.pool import pool_for
+    from allocator.evaluate.distributed import evaluate_on_ray
+    from allocator.pipeline.tasks import worker_spec
+
+    size = auto_batch_size(next(iter(candidates.values())), int(ids.shape[1]))
+    return evaluate_on_ray(
+        {n: str(f.resolve()) for n, f in folders.items()}, ids, worker_spec(s.model),
+        pool=pool_for(s.ray, s.device), batch_size=size, reference_name=reference_name,
+        offload=s.offload, device=s.device,
+    )  # fmt: skip
 
 
 def _best(kl: dict[str, float | None]) -> str:
@@ -111,16 +138,19 @@ def install_choice(stages: Stages, chosen: str, plan: Plan) -> None:
 
 
 def evaluate_stage(
-    job: Job, plan: Plan, candidates: dict[str, Any], plans: dict[str, Plan], chosen: str
+    job: Job,
+    plan: Plan,
+    candidates: dict[str, Any],
+    plans: dict[str, Plan],
+    chosen: str,
+    stages: Stages | None = None,
 ) -> dict:
-    from allocator.evaluate import evaluate_many
-
     s = job.settings
     if job.task == "embedding":
         return _evaluate_embedding_stage(job, candidates, plans, chosen)
     eval_ids = job.windows("eval", s.eval_windows, s.seq_len)
-    measured = evaluate_many(candidates, eval_ids, job.loaded.model, reference_name="unmodified",
-                             progress=job.progress, desc="evaluate")  # fmt: skip
+    measured = _evaluate(job, stages, candidates, eval_ids, reference_name="unmodified",
+                         desc="evaluate")  # fmt: skip
     base = measured["unmodified"]
     rows = [_row("unmodified", 32.0, base.perplexity, 0.0)]
     labels = {"plan": f"plan ({s.estimator} table, {plan.solver}, {s.method})",

@@ -84,8 +84,8 @@ class RunSettings(BaseModel):
     )
     seed: int = Field(default=0, description="random seed")
     device: str = Field(default="cpu", description="cpu or cuda")
-    # how, not what: weights read block by block from disk (results are the in-memory run's),
-    # so they are left out of the stage hashes (model_dump) and of remote jobs' settings
+    # how, not what: weights read block by block from disk, work spread over Ray (results are
+    # the in-memory, one-process run's), so they are left out of the stage hashes (model_dump) and of remote jobs' settings
     offload: bool = Field(
         default=False,
         exclude=True,
@@ -97,6 +97,13 @@ class RunSettings(BaseModel):
         exclude=True,
         description="with --offload: keep the hidden states cached between blocks in files "
         "under this folder",
+    )
+    ray: str | None = Field(
+        default=None,
+        exclude=True,
+        description="run the profile (estimators that distribute), apply and evaluation work as "
+        "Ray tasks: 'auto' (a local Ray instance, or the cluster in $RAY_ADDRESS) or a cluster "
+        "ADDRESS (host:6379, see 'ray start --head'); results equal the one-process run's",
     )
 
 

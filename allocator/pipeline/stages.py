@@ -39,11 +39,25 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         progress=job.progress,
         journal=stages.out / f"profile-{key}.journal.jsonl",
         resume=True,
+        ray=_profile_ray(job),
     )
     save_table(table, stages.out / "table.json")
     stages.mark("profile", key)
     job.log(f"profile: {s.estimator} table in {time.perf_counter() - start:.1f}s")
     return table
+
+
+def _profile_ray(job: Job) -> str | None:
+    """``--ray`` for the profile stage when its estimator distributes (else it runs here)."""
+    s = job.settings
+    if s.ray is None:
+        return None
+    from allocator.profile.distributed import DISTRIBUTED
+
+    if s.estimator in DISTRIBUTED:
+        return s.ray
+    job.log(f"profile: {s.estimator} runs in this process (--ray: {', '.join(DISTRIBUTED)})")
+    return None
 
 
 def solve_stage(job: Job, stages: Stages, table: SensitivityTable) -> Plan:
@@ -167,7 +181,7 @@ def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, s
     calib = job.windows("calib", s.quant_windows, s.seq_len)
     journal = ApplyJournal(stages.out / f"apply-{name}.journal", key, discard_other=True)
     model = apply_plan(job.fresh_model(), plan, calib, method=s.method, progress=job.progress,
-                       journal=journal)  # fmt: skip
+                       journal=journal, ray=s.ray)  # fmt: skip
     job.log(f"apply {name}: {s.method} in {time.perf_counter() - start:.1f}s")
     if checkpoint is not None:
         checkpoint.save_checkpoint(model, plan, stages.out / folder,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from allocator.errors import InputError
+from allocator.errors import InputError, UnsupportedError
 
 Task = Literal["auto", "causal_lm", "embedding"]
 TASKS: tuple[str, ...] = ("auto", "causal_lm", "embedding")
@@ -29,6 +29,14 @@ def load_any(spec: str, *, offload: bool = False, activations: Any = None) -> An
     if offload or activations is not None:
         return load_model(spec, offload=offload, offload_activations=activations)
     return load_model(spec)
+
+
+def worker_spec(spec: str) -> str:
+    """``spec`` as another process loads it: an existing local path made absolute."""
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def read_text(paths: Sequence[str] | None, which: Literal["calib", "eval"]) -> str:
@@ -78,10 +86,13 @@ def evaluate_spec(
     progress: bool = True,
     offload: bool = False,
     offload_activations: Any = None,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Measure ``model`` (a model spec or checkpoint folder) on held-out text; see module doc.
 
     ``seq_len`` defaults to 512 tokens per window (encoders: passages of up to 128 tokens).
+    ``ray`` (``auto`` or a cluster address): the windows' batches run as Ray tasks that load the
+    models themselves (``allocator.evaluate.distributed``; causal LMs only).
     """
     if task not in TASKS:
         raise InputError(f"--task {task!r}: use causal_lm, embedding or auto")
@@ -96,6 +107,11 @@ def evaluate_spec(
     if task == "auto":
         task = loaded.task
     if task == "embedding":
+        if ray is not None:
+            raise UnsupportedError(
+                "--ray evaluates causal LMs (perplexity, KL); evaluate an embedding model "
+                "without --ray"
+            )
         return _evaluate_embedding(model, loaded, ref_loaded, tokenizer, body, windows, seq_len,
                                    progress)  # fmt: skip
     if loaded.task != "causal_lm":
@@ -110,7 +126,18 @@ def evaluate_spec(
     ids = token_windows(tokenizer, body, seq_len=seq_len, n_windows=windows, contiguous=True,
                         bos=bos)  # fmt: skip
     ref = ref_loaded.model if ref_loaded is not None else None
-    result = evaluate(loaded.model, ids, ref, batch_size=batch_size, progress=progress)
+    if ray is not None:
+        from allocator.distributed.pool import pool_for
+        from allocator.evaluate import auto_batch_size
+        from allocator.evaluate.distributed import evaluate_on_ray
+
+        result = evaluate_on_ray(
+            {"model": worker_spec(model)}, ids, worker_spec(reference) if reference else None,
+            pool=pool_for(ray), batch_size=batch_size or auto_batch_size(loaded.model, seq_len),
+            offload=offload,
+        )["model"]  # fmt: skip
+    else:
+        result = evaluate(loaded.model, ids, ref, batch_size=batch_size, progress=progress)
     return {
         "model": model,
         "reference": reference,

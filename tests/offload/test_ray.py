@@ -94,3 +94,107 @@ def test_cli_ray(folder: Path, tmp_path: Path) -> None:
         assert main(args) == 0
         tables.append(json.loads(out.read_text())["losses"])
     assert tables[0] == tables[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model compressed (RTN b3-g32) as a packed checkpoint folder."""
+    from allocator.quant.apply import apply_plan, uniform_plan
+    from allocator.quant.checkpoint import save_checkpoint
+
+    model = in_memory(folder)
+    plan = uniform_plan(model, "b3-g32")
+    apply_plan(model, plan, None, progress=False)
+    out = tmp_path_factory.mktemp("ray-ckpt") / "checkpoint"
+    save_checkpoint(model, plan, out)
+    return out
+
+
+@pytest.mark.parametrize("extra", [["--batch-size", "2"], ["--batch-size", "3", "--offload"]])
+def test_cli_eval_ray_equals_one_process(
+    folder: Path, checkpoint: Path, extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The windows' batches split over 2 tasks; each returns its batches' NLL/KL sums and the
+    driver adds them in batch order: perplexity and KL equal the one-process values exactly."""
+    import json
+
+    from allocator.cli.main import main
+
+    text = folder.parent / "calib.txt"
+    records = []
+    for ray_flag in ([], ["--ray", "auto"]):
+        args = ["eval", "--model", str(checkpoint), "--reference", str(folder), "--text",
+                str(text), "--windows", "5", "--seq-len", "16", "--json", "--quiet",
+                *extra, *ray_flag]  # fmt: skip
+        assert main(args) == 0
+        record = json.loads(capsys.readouterr().out)
+        records.append({k: v for k, v in record.items() if k != "seconds"})
+    assert records[0]["windows"] == 5 and records[0]["kl"] > 0
+    assert records[1] == records[0]
+
+
+def test_eval_ray_splits_batches_across_tasks(folder: Path) -> None:
+    from allocator.distributed.pool import pool_for
+    from allocator.evaluate import evaluate
+    from allocator.evaluate.distributed import evaluate_on_ray
+
+    ids = torch.randint(1, 300, (7, 16), generator=torch.Generator().manual_seed(1))
+    pool = pool_for("auto")
+    calls: list[int] = []
+    real_map = pool.map
+
+    def counting_map(fn, tasks, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(tasks))
+        return real_map(fn, tasks, **kwargs)
+
+    pool.map = counting_map  # type: ignore[method-assign]
+    spread = evaluate_on_ray({"model": str(folder)}, ids, pool=pool, batch_size=2)["model"]
+    local = evaluate(in_memory(folder), ids, batch_size=2, progress=False)
+    assert calls == [2]  # 4 batches on 2 CPUs: two tasks of two batches
+    assert (spread.perplexity, spread.n_tokens) == (local.perplexity, local.n_tokens)
+
+
+def test_run_ray_equals_one_process(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run --ray``: profile (hessian), apply (GPTQ) and the validation and evaluation passes
+    as Ray tasks give the one-process run's table, plan, checkpoint and results."""
+    import json
+
+    from allocator.pipeline import RunSettings, run
+
+    text = str(folder.parent / "calib.txt")
+    fields: dict[str, object] = {
+        "model": str(folder), "budget": 3.5, "estimator": "hessian",
+        "options": "bits=2,3,4 group=32", "method": "gptq", "profile_windows": 4,
+        "profile_seq_len": 16, "quant_windows": 4, "eval_windows": 3, "validate_windows": 3,
+        "seq_len": 16, "calib_text": [text], "eval_text": [text],
+    }  # fmt: skip
+    import allocator.evaluate.distributed as distributed_eval
+
+    passes: list[str] = []
+    real = distributed_eval.evaluate_on_ray
+
+    def spy(specs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        passes.append(",".join(sorted(specs)))
+        return real(specs, *args, **kwargs)
+
+    monkeypatch.setattr(distributed_eval, "evaluate_on_ray", spy)
+    outs = []
+    for ray_address in (None, "auto"):
+        out = tmp_path / f"run-{ray_address}"
+        settings = RunSettings(**fields, ray=ray_address)  # type: ignore[arg-type]
+        results = run(settings, out, progress=False, log=lambda _m: None)
+        results.pop("seconds")
+        outs.append((out, results))
+    assert passes == ["plan,uniform", "plan,uniform"]  # validation, then evaluation, on Ray
+    (one, first), (spread, second) = outs
+    assert second == first
+    assert (
+        json.loads((one / "table.json").read_text())["losses"]
+        == json.loads((spread / "table.json").read_text())["losses"]
+    )
+    assert same_folders(one / "checkpoint", spread / "checkpoint") == []
+    assert json.loads((one / "validation.json").read_text()) == json.loads(
+        (spread / "validation.json").read_text()
+    )
