@@ -3,6 +3,7 @@ single-process results (tables equal, checkpoints bit-identical). Skipped withou
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -198,3 +199,68 @@ def test_run_ray_equals_one_process(
     assert json.loads((one / "validation.json").read_text()) == json.loads(
         (spread / "validation.json").read_text()
     )
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _our_task_pids(task: str) -> list[int]:
+    """PIDs of the Ray workers running ``task`` (process title ``ray::task``) that descend from
+    this test process (its local Ray's raylet), never another session's workers."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(f"ray::{task}".encode()):
+                continue
+            pid = ancestor = int(entry.name)
+            for _ in range(6):
+                ancestor = _parent(ancestor)
+                if ancestor == os.getpid():
+                    pids.append(pid)
+                    break
+                if ancestor <= 1:
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def test_sigkilled_worker_is_retried_to_the_same_table(folder: Path, tmp_path: Path) -> None:
+    """A worker SIGKILLed while it measures a block's kl rows: Ray retries the task
+    (``max_retries``) on a new worker, the profile finishes and its table equals the
+    uninterrupted run's; the driver journals every unit once."""
+    import signal
+    import threading
+    import time
+
+    options = "bits=2,3 group=32"
+    kwargs = {"progress": False, "batch_size": 2}
+    clean = profile(str(folder), _ids(), "kl", options, ray="auto", **kwargs)
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_one() -> None:
+        while not done.is_set() and not killed:
+            for pid in _our_task_pids("measure_task"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    journal = tmp_path / "kl.journal.jsonl"
+    try:
+        table = profile(str(folder), _ids(), "kl", options, ray="auto", journal=journal, **kwargs)
+    finally:
+        done.set()
+        killer.join()
+    assert len(killed) == 1, "no measure_task worker was seen running"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+    assert table.losses == clean.losses
+    assert len(journal.read_text().splitlines()) == 1 + len(table.units)
