@@ -26,12 +26,21 @@ gate and up separate), so an expert plan exported to a runtime needs that renami
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from allocator.errors import UnsupportedError
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """``module.<name>`` as a tensor (``nn.Module.__getattr__`` is typed tensor-or-module)."""
+    value = getattr(module, name, None)
+    if not isinstance(value, torch.Tensor):
+        raise UnsupportedError(f"{type(module).__name__}.{name} is not a tensor ({value!r})")
+    return value
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -80,7 +89,10 @@ def _check_fused_layout(name: str, module: nn.Module) -> None:
             "allocator handles fused experts only as concatenated [gate; up] (E, 2I, H) and "
             "down (E, H, I) weights without biases (Mixtral, Qwen-MoE layout)"
         )
-    shapes = (tuple(gate_up.shape), tuple(module.down_proj.shape))  # type: ignore[union-attr]
+    shapes = (
+        tuple(_tensor(module, "gate_up_proj").shape),
+        tuple(_tensor(module, "down_proj").shape),
+    )
     (e1, two_i, h1), (e2, h2, i2) = shapes
     if e1 != e2 or h1 != h2 or two_i != 2 * i2:
         raise UnsupportedError(
@@ -91,8 +103,8 @@ def _check_fused_layout(name: str, module: nn.Module) -> None:
 
 def fused_expert_shapes(module: nn.Module) -> list[tuple[str, tuple[int, int]]]:
     """(relative unit name, (out, in)) of every expert projection a fused module will become."""
-    n_experts, two_i, hidden = module.gate_up_proj.shape  # type: ignore[union-attr]
-    inter = module.down_proj.shape[2]  # type: ignore[union-attr]
+    n_experts, two_i, hidden = _tensor(module, "gate_up_proj").shape
+    inter = _tensor(module, "down_proj").shape[2]
     out = []
     for e in range(int(n_experts)):
         out.append((f"{e}.gate_up_proj", (int(two_i), int(hidden))))
@@ -103,7 +115,15 @@ def fused_expert_shapes(module: nn.Module) -> list[tuple[str, tuple[int, int]]]:
 class ExpertMLP(nn.Module):
     """One expert: ``down(act(gate) * up)`` with gate and up fused in one linear layer."""
 
-    def __init__(self, hidden: int, inter: int, act_fn: nn.Module, *, dtype: Any, device: Any):
+    def __init__(
+        self,
+        hidden: int,
+        inter: int,
+        act_fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        dtype: Any,
+        device: Any,
+    ):
         super().__init__()
         self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=False, dtype=dtype, device=device)
         self.down_proj = nn.Linear(inter, hidden, bias=False, dtype=dtype, device=device)
@@ -119,12 +139,15 @@ class LinearExperts(nn.ModuleList):
 
     @classmethod
     def from_fused(cls, module: nn.Module) -> LinearExperts:
-        gate_up, down = module.gate_up_proj, module.down_proj  # type: ignore[union-attr]
+        gate_up, down = _tensor(module, "gate_up_proj"), _tensor(module, "down_proj")
         n_experts, two_i, hidden = gate_up.shape
+        act_fn = getattr(module, "act_fn", None)
+        if not callable(act_fn):
+            raise UnsupportedError(f"{type(module).__name__}: fused experts without an act_fn")
         experts = cls()
         for e in range(n_experts):
             expert = ExpertMLP(
-                hidden, two_i // 2, module.act_fn, dtype=gate_up.dtype, device=gate_up.device
+                hidden, two_i // 2, act_fn, dtype=gate_up.dtype, device=gate_up.device
             )
             with torch.no_grad():
                 expert.gate_up_proj.weight.copy_(gate_up[e])
@@ -152,7 +175,7 @@ class LinearExperts(nn.ModuleList):
 
 
 def conv1d_to_linear(conv: nn.Module) -> nn.Linear:
-    weight = conv.weight  # (in, out)
+    weight = _tensor(conv, "weight")  # (in, out)
     bias = getattr(conv, "bias", None)
     linear = nn.Linear(
         weight.shape[0], weight.shape[1], bias=bias is not None, dtype=weight.dtype,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from allocator.errors import UnsupportedError
-from allocator.models.activations import hidden_list, like
+from allocator.models.activations import DiskTensors, hidden_list, like
 
 _BLOCK_LISTS = (
     "model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
@@ -85,8 +85,9 @@ def find_backbone(model: nn.Module) -> Backbone:
         )
     parent = _get(model, path.rsplit(".", 1)[0]) if "." in path else model
     norm = next((getattr(parent, n) for n in _FINAL_NORMS if hasattr(parent, n)), None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and not isinstance(head, nn.Module):
+    get_head = getattr(model, "get_output_embeddings", None)  # transformers' PreTrainedModel
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Module):
         head = None
     return Backbone(model=model, layers=layers, prefix=path, norm=norm, head=head)
 
@@ -115,7 +116,7 @@ class BlockInputs:
     this block.
     """
 
-    hidden: list[torch.Tensor]
+    hidden: list[torch.Tensor] | DiskTensors  # files with --offload-activations
     calls: list[list[BlockCall]]
     layer: int = 0
 

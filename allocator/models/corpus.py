@@ -14,6 +14,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from allocator.errors import InputError, UnsupportedError
@@ -175,7 +176,7 @@ def named_text(name: str) -> str:
     return "\n\n".join(docs[s] for s in sections)
 
 
-def read_texts(paths: list[str | os.PathLike[str]]) -> str:
+def read_texts(paths: Iterable[str | os.PathLike[str]]) -> str:
     """Concatenate text files (or built-in corpora named in NAMED_TEXTS); a missing or empty
     file is an InputError naming it."""
     parts = []

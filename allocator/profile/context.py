@@ -7,7 +7,7 @@ is computed lazily once and reused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -59,7 +59,8 @@ class ProfileContext:
         return self.capture().stats[unit.name]
 
     def module(self, unit: Unit) -> nn.Linear:
-        module = self.model.get_submodule(unit.name)
+        # units are linear layers: prepare_model re-lays Conv1D and fused experts out as nn.Linear
+        module = cast(nn.Linear, self.model.get_submodule(unit.name))
         keep_resident(self.model, unit.name)  # offloaded: its block stays loaded while in use
         return module
 

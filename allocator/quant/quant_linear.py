@@ -39,6 +39,10 @@ def _kernel_op(name: str = "quant_matmul") -> Any:
 class QuantLinear(nn.Module):
     """A linear layer y = x W^T + b with W stored packed; see the module docstring."""
 
+    # buffers registered in __init__ (typed here: nn.Module's __getattr__ is tensor-or-module)
+    scales: torch.Tensor
+    zeros: torch.Tensor  # asymmetric layouts only
+
     def __init__(self, layout: dict[str, Any], *, cache_dequantized: bool = True) -> None:
         """Empty buffers for a layout (``layout()`` of another QuantLinear, as in checkpoints)."""
         super().__init__()
@@ -84,39 +88,41 @@ class QuantLinear(nn.Module):
         option_key: str = "",
         cache_dequantized: bool = True,
     ) -> QuantLinear:
-        sparse = isinstance(packed, SparsePackedWeight)
+        sparse: dict[str, Any] = {}
+        if isinstance(packed, SparsePackedWeight):
+            pattern, planes, index = packed.pattern, packed.values, packed.index
+            sparse = {
+                "index_shapes": [list(p.shape) for p in index],
+                "n_kept": packed.n_kept,
+                "nm": list(packed.nm) if packed.nm else None,
+            }
+        else:
+            pattern, planes, index = "dense", packed.planes, []
         layout: dict[str, Any] = {
             "in_features": packed.in_features,
             "out_features": packed.out_features,
             "bits": packed.bits,
             "group_size": packed.group_size,
             "symmetric": symmetric,
-            "pattern": packed.pattern if sparse else "dense",
+            "pattern": pattern,
             "option": option_key,
-            "plane_shapes": [list(p.shape) for p in (packed.values if sparse else packed.planes)],
+            "plane_shapes": [list(p.shape) for p in planes],
             "bias": bias is not None,
+            **sparse,
         }
-        if sparse:
-            layout.update(
-                index_shapes=[list(p.shape) for p in packed.index],
-                n_kept=packed.n_kept,
-                nm=list(packed.nm) if packed.nm else None,
-            )
         if bias is not None:
             layout["bias_dtype"] = str(bias.dtype).removeprefix("torch.")
         module = cls(layout, cache_dequantized=cache_dequantized)
-        planes = packed.values if sparse else packed.planes
         with torch.no_grad():
             for i, plane in enumerate(planes):
-                getattr(module, f"plane{i}").copy_(plane)
-            if sparse:
-                for i, plane in enumerate(packed.index):
-                    getattr(module, f"index{i}").copy_(plane)
+                module.get_buffer(f"plane{i}").copy_(plane)
+            for i, plane in enumerate(index):
+                module.get_buffer(f"index{i}").copy_(plane)
             module.scales.copy_(packed.scales)
             if not symmetric:
                 module.zeros.copy_(packed.zeros)
             if bias is not None:
-                module.bias.copy_(bias)
+                module.get_buffer("bias").copy_(bias)
         return module
 
     @classmethod

@@ -62,25 +62,26 @@ class KLMeter:
 
     def measure_options(self, unit: Unit, options: list[Option]) -> dict[str, float]:
         if is_offloaded(self.ctx.model) and unit.layer is not None:
-            return self._measure_streamed(unit, options)
+            return self._measure_streamed(unit, unit.layer, options)
         return {o.key: self.measure(unit, self.ctx.compress(unit, o)) for o in options}
 
     @torch.no_grad()
-    def _measure_streamed(self, unit: Unit, options: list[Option]) -> dict[str, float]:
+    def _measure_streamed(self, unit: Unit, layer: int, options: list[Option]) -> dict[str, float]:
         """Offloaded model: every option's hidden states pass each downstream block during one
-        read of it (the same operations as ``measure``, option by option)."""
+        read of it (the same operations as ``measure``, option by option); ``layer``: the
+        unit's block."""
         module = self.ctx.module(unit)
         weights = {o.key: self.ctx.compress(unit, o) for o in options}
-        first = self.backbone.layers[unit.layer]
+        first = self.backbone.layers[layer]
         hidden: dict[str, BlockInputs] = {}
         original = module.weight.data
         for key, weight in weights.items():
             module.weight.data = weight.to(original.dtype)
             try:
-                hidden[key] = run_block(first, self.states[unit.layer])
+                hidden[key] = run_block(first, self.states[layer])
             finally:
                 module.weight.data = original
-        for block in self.backbone.layers[unit.layer + 1 :]:
+        for block in self.backbone.layers[layer + 1 :]:
             with holding(block):
                 hidden = {key: run_block(block, h) for key, h in hidden.items()}
         return {key: self._kl(h) for key, h in hidden.items()}
