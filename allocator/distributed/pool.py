@@ -9,6 +9,7 @@ their worker dies (``max_retries``).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,10 +29,10 @@ def connect(address: str | None = "auto") -> Any:
         ) from None
     if not ray.is_initialized():
         if address in (None, "", "auto", "local") and not os.environ.get("RAY_ADDRESS"):
-            ray.init(include_dashboard=False, logging_level="ERROR")
+            ray.init(include_dashboard=False, logging_level=logging.ERROR)
         else:
             target = None if address in (None, "", "auto", "local") else address
-            ray.init(address=target, logging_level="ERROR")
+            ray.init(address=target, logging_level=logging.ERROR)
     return ray
 
 

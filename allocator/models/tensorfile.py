@@ -91,7 +91,7 @@ class TensorFiles:
     def read(self, entry: Entry) -> torch.Tensor:
         size = entry.end - entry.start
         buffer = torch.empty(size, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
+        view = buffer.numpy().data  # a writable memoryview of the tensor's bytes
         fd, done = self._fd(entry.path), 0
         while done < size:
             got = os.preadv(fd, [view[done:]], entry.start + done)
@@ -150,7 +150,7 @@ def _spec(value: torch.Tensor | LazyTensor) -> tuple[torch.dtype, tuple[int, ...
 
 def _bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().contiguous().cpu().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
 
 
 def write_safetensors(

@@ -1,31 +1,8 @@
-"""Block-wise offloaded execution: a model whose weights stay on disk until a block runs.
-
-``load_offloaded(folder)`` builds the model's skeleton on the meta device (no weight memory),
-ties and prepares it as the loader does (GPT-2 Conv1D -> nn.Linear), and gives every parameter
-a one-element placeholder of its shape and dtype on the target device (a NaN scalar expanded,
-so device and shape queries hold and a computation that reads an unloaded weight yields NaN,
-never plausible numbers). Weights are read from the folder's safetensors files (sharded or not)
-with positioned reads, tensor by tensor (``allocator.models.tensorfile``), only when needed:
-
-- every block of the block stack and every other module owning weights (embeddings, final norm,
-  head) gets forward hooks that load its weights before it runs and free them after, so a plain
-  ``model(input_ids)`` streams the model through memory one block at a time;
-- ``run_block`` and the block-by-block loops hold a block for all cached batches
-  (``hold``), so each block is read once per pass, not once per batch;
-- ``keep(name)`` keeps the block owning a unit loaded until a unit of another block is asked
-  for (the estimators' per-unit loops read weights through ``ProfileContext.module``);
-- ``hold(block, commit=True)`` (apply) writes the block as it is at the end (QuantLinear
-  buffers, fp16-rounded weights, norms) to a scratch safetensors file and frees it: the model
-  stays usable (evaluating it streams the compressed blocks from scratch) and
-  ``save_checkpoint`` writes it tensor by tensor (``lazy``), bit-identical to the
-  checkpoint of the same model compressed in memory.
-
-Tied weights (embeddings and head) are one parameter read from whichever name the files hold.
-Refused with a clear message: fused MoE experts (transformers renames and fuses expert weights
-when loading, so the files' names are not the model's) and weights the files lack
-(``from_pretrained`` would initialize them randomly). ``device="cuda"`` reads each block to the
-GPU when it runs. With ``activations`` (``--offload-activations DIR``) the hidden states cached
-between blocks live in files under DIR (``allocator.models.activations``).
+"""Where every weight of an offloaded model lives (``OffloadRuntime``): placeholders, positioned
+reads, the hooks that load a block before it runs and free it after, holding and keeping blocks
+loaded, committing modified blocks to scratch, lazy checkpoint tensors; and the no-op-in-memory
+helpers the block-wise code calls (``holding``, ``keep_resident``, ``release_kept``). See
+``allocator.models.offload``.
 """
 
 from __future__ import annotations
@@ -38,13 +15,13 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from allocator.errors import UnsupportedError
-from allocator.models.tensorfile import Entry, LazyTensor, TensorFiles, folder_entries, read_header
+from allocator.models.tensorfile import Entry, LazyTensor, TensorFiles, read_header
 
 ATTR = "_allocator_offload"
 GROUP_ATTR = "_allocator_offload_group"
@@ -221,7 +198,7 @@ class OffloadRuntime:
             self._free_slot(slot)
         for sub in module.modules():  # QuantLinear keeps its dequantized weight: drop it
             if isinstance(getattr(sub, "_cache", None), torch.Tensor):
-                sub._cache = None  # type: ignore[attr-defined]
+                cast(Any, sub)._cache = None
 
     # -- groups -----------------------------------------------------------------------------
     def block_of(self, name: str) -> str | None:
@@ -247,7 +224,7 @@ class OffloadRuntime:
 
     def install_hooks(self) -> None:
         """Load-before/free-after hooks on every block and every other module owning weights."""
-        blocks = self.model.get_submodule(self.block_prefix)
+        blocks = cast(nn.ModuleList, self.model.get_submodule(self.block_prefix))
         groups: list[tuple[str, nn.Module, bool]] = [
             (f"{self.block_prefix}.{i}", block, True) for i, block in enumerate(blocks)
         ]
@@ -381,179 +358,3 @@ def release_kept(model: nn.Module) -> None:
     runtime = runtime_of(model)
     if runtime is not None:
         runtime.release_kept()
-
-
-# -- loading ----------------------------------------------------------------------------------
-def _skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    from allocator.models.loader import is_encoder_config
-
-    config = AutoConfig.from_pretrained(folder)
-    auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
-    with init_empty_weights(include_buffers=False):
-        model = auto.from_config(config, dtype=dtype)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model
-
-
-def _renamed(model: nn.Module, entries: dict[str, Entry]) -> dict[str, Entry]:
-    """The files' tensors under the model's names: transformers' own renamings of old checkpoint
-    names (GPT-NeoX ``embed_out`` -> ``lm_head``, ``LayerNorm.gamma`` -> ``.weight``) applied
-    to the names the model lacks. Converters that fuse or split tensors are not applied."""
-    import re
-
-    try:
-        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
-
-        renames = [t for t in get_model_conversion_mapping(model) if type(t) is WeightRenaming]
-    except Exception:  # an older transformers without conversion mappings
-        return entries
-    known = set(model.state_dict())
-    out: dict[str, Entry] = {}
-    for key, entry in entries.items():
-        name = key
-        if name not in known:
-            for rename in renames:
-                sources, targets = list(rename.source_patterns), list(rename.target_patterns)
-                for i, pattern in enumerate(sources):
-                    name = re.sub(pattern, targets[min(i, len(targets) - 1)], name)
-        out.setdefault(name, entry)
-    return out
-
-
-def load_offloaded(
-    folder: str | os.PathLike[str],
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-    *,
-    activations: str | os.PathLike[str] | None = None,
-) -> nn.Module:
-    """The model of a safetensors folder with every weight left on disk (see the module doc)."""
-    from allocator.models.adapters import is_conv1d, is_fused_experts, prepare_model
-
-    root = Path(folder)
-    model = _skeleton(root, dtype)
-    fused = [n for n, m in model.named_modules() if is_fused_experts(m)]
-    if fused:
-        raise UnsupportedError(
-            f"--offload: {type(model).__name__} has fused MoE experts ({fused[0]}, ...), whose "
-            "weights transformers renames and fuses when loading; offloaded execution reads the "
-            "files' tensors by the model's own names and does not handle them; load it in memory"
-        )
-    conv = {n for n, m in model.named_modules() if is_conv1d(m)}
-    prepare_model(model)
-    entries = folder_entries(root)
-    if not entries:
-        raise UnsupportedError(f"--offload: {root} holds no safetensors weights to read lazily")
-    entries = _renamed(model, entries)
-    target = torch.device(device)
-    alias: dict[str, str] = {}
-    transposed = {f"{n}.weight" for n in conv if f"{n}.weight" in entries}
-    names: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    missing = []
-    for keys in names.values():
-        stored = next((k for k in keys if k in entries), None)
-        if stored is None:
-            missing.extend(keys)
-            continue
-        for key in keys:
-            if key != stored:
-                alias[key] = stored
-    pooler = getattr(model, "pooler", None)
-    if missing and pooler is not None and all(k.startswith("pooler.") for k in missing):
-        # an encoder saved without its pooler (BertModel(add_pooling_layer=False)): drop it
-        model.pooler = None
-        missing = []
-    if missing:
-        raise UnsupportedError(
-            f"--offload: the safetensors files of {root} lack {len(missing)} weights of "
-            f"{type(model).__name__} ({', '.join(missing[:4])}); from_pretrained would "
-            "initialize them randomly, offloaded loading refuses; load the model in memory"
-        )
-    runtime = OffloadRuntime(
-        model, entries, alias=alias, transposed=transposed, device=target, activations=activations
-    )
-    replaced: dict[int, nn.Parameter] = {}
-    buffer_names = {id(b): n for n, b in model.named_buffers(remove_duplicate=False)}
-    for module in model.modules():
-        for name, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            new = replaced.get(id(param))
-            if new is None:
-                shape = tuple(int(s) for s in param.shape)
-                new = nn.Parameter(
-                    runtime.placeholder(shape, param.dtype, target),
-                    requires_grad=param.requires_grad,
-                )
-                replaced[id(param)] = new
-            module._parameters[name] = new
-        for name, buffer in list(module._buffers.items()):
-            if buffer is None:
-                continue
-            persistent = name not in module._non_persistent_buffers_set
-            full = buffer_names.get(id(buffer), name)
-            if persistent and full in entries:
-                shape = tuple(int(s) for s in buffer.shape)
-                module._buffers[name] = runtime.placeholder(shape, buffer.dtype, target)
-            elif buffer.device.type == "meta":
-                raise UnsupportedError(f"--offload: buffer {full} has no value")
-            else:
-                module._buffers[name] = buffer.to(target)
-    model.eval()
-    runtime.install_hooks()
-    model.__dict__[ATTR] = runtime
-    return model
-
-
-# -- evaluation: every window through one block at a time ------------------------------------
-class StreamedLM:
-    """Stands in for an offloaded causal LM in ``allocator.evaluate``: the last hidden state of
-    every window is computed block by block up front (each block read once, not once per
-    batch), and a call with one batch of those windows returns its logits."""
-
-    def __init__(self, model: nn.Module, windows: torch.Tensor, batch_size: int) -> None:
-        from allocator.models.blocks import find_backbone, record_block_calls, run_block
-
-        self.model = model
-        self.backbone = find_backbone(model)
-        with torch.no_grad():
-            inputs = record_block_calls(self.backbone, windows, batch_size)
-            for block in self.backbone.layers:
-                inputs = run_block(block, inputs)
-        self._batches = [
-            (windows[start : start + batch_size], hidden)
-            for start, hidden in zip(
-                range(0, windows.shape[0], batch_size), inputs.hidden, strict=True
-            )
-        ]
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
-
-    def get_output_embeddings(self) -> Any:
-        return self.model.get_output_embeddings()
-
-    @torch.no_grad()
-    def __call__(self, *, input_ids: torch.Tensor, **_: Any) -> Any:
-        from types import SimpleNamespace
-
-        batch = input_ids.cpu()
-        for ids, hidden in self._batches:
-            if ids.shape == batch.shape and torch.equal(ids, batch):
-                return SimpleNamespace(logits=self.backbone.logits(hidden))
-        raise ValueError("StreamedLM: called with windows it was not built on")
-
-
-def streamed(model: Any, windows: torch.Tensor, batch_size: int) -> Any:
-    """``StreamedLM`` for an offloaded causal LM, the model itself otherwise."""
-    if runtime_of(model) is None or not hasattr(model, "get_output_embeddings"):
-        return model
-    if model.get_output_embeddings() is None:
-        return model
-    return StreamedLM(model, windows, batch_size)
