@@ -149,7 +149,8 @@ def _units_by_block(ctx: Any) -> dict[int, list[Any]]:
 
 
 def blockwise_fisher(ctx: Any, probes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The ``fisher`` estimator's mean squared gradients, computed block by block."""
+    """The ``fisher`` estimator's sums of squared gradients (over windows and probes; F is
+    their mean), computed block by block."""
     by_block = _units_by_block(ctx)
     with _only_units_need_grad(ctx) as weights:
         fisher = {n: torch.zeros(w.shape, dtype=torch.float32) for n, w in weights.items()}
@@ -162,15 +163,14 @@ def blockwise_fisher(ctx: Any, probes: int, generator: torch.Generator) -> dict[
                 weight.grad = None
 
         backward_by_block(ctx, probes=probes, generator=generator, after=after, desc="fisher")
-    for f in fisher.values():
-        f /= ctx.input_ids.shape[0] * probes
     return fisher
 
 
 def blockwise_output_energy(
     ctx: Any, probes: int, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """K-FAC's ``G_r`` (mean over windows of sum_t (dL/dy_tr)^2), computed block by block."""
+    """K-FAC's ``G_r`` sums (over windows and probes of sum_t (dL/dy_tr)^2; G_r is their
+    mean), computed block by block."""
     energy = {u.name: torch.zeros(u.shape[0], dtype=torch.float64) for u in ctx.units}
     by_block = _units_by_block(ctx)
 
@@ -206,4 +206,4 @@ def blockwise_output_energy(
     finally:
         for name, p in ctx.model.named_parameters():
             p.requires_grad_(flags[name])
-    return {name: e / (ctx.input_ids.shape[0] * probes) for name, e in energy.items()}
+    return energy

@@ -40,13 +40,56 @@ def _ids() -> torch.Tensor:
      ("fisher", "bits=2,3 group=32"), ("kfac", "bits=2,3 group=32"),
      ("kl", "bits=2 group=32"), ("block_error", "bits=2,4 group=32 method=gptq")],
 )  # fmt: skip
-def test_profile_on_ray_equals_one_process(folder: Path, estimator: str, options: str) -> None:
+def test_profile_on_ray_equals_one_process(
+    folder: Path, estimator: str, options: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies: the 4 windows (2 batches) are split into 2 shards, one ``window_sums_task``
+    each, whose sums the driver adds; then one rows task per block. Gaps measured: hessian
+    and hessian_diag 0, kfac 0 (fp64 sums, used as fp32), fisher 1.5e-7 (fp32 sums)."""
+    from allocator.distributed.pool import RayPool
+
+    calls: list[tuple[str, int]] = []
+    real_map = RayPool.map
+
+    def counting_map(self, fn, tasks, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((fn.__name__, len(tasks)))
+        return real_map(self, fn, tasks, **kwargs)
+
+    monkeypatch.setattr(RayPool, "map", counting_map)
     kwargs = {"progress": False, "batch_size": 2}
     local = profile(str(folder), _ids(), estimator, options, **kwargs)
     spread = profile(str(folder), _ids(), estimator, options, ray="auto", **kwargs)
     assert max_relative_gap(local.losses, spread.losses) <= 1e-6
     both = profile(str(folder), _ids(), estimator, options, ray="auto", offload=True, **kwargs)
     assert max_relative_gap(local.losses, both.losses) <= 1e-6
+    if estimator in ("kl", "block_error"):
+        assert calls == [("measure_task", 3)] * 2
+    else:
+        assert calls == [("window_sums_task", 2), ("rows_task", 3)] * 2
+
+
+def test_window_shards_are_whole_batches() -> None:
+    from allocator.profile.distributed import window_shards
+
+    assert window_shards(4, 2, 2) == [(0, 2), (2, 4)]
+    assert window_shards(7, 2, 2) == [(0, 4), (4, 7)]  # 4 batches, the last one short
+    assert window_shards(5, 4, 8) == [(0, 4), (4, 5)]  # never more shards than batches
+    assert window_shards(3, 4, 2) == [(0, 3)]
+    assert window_shards(9, 1, 4) == [(0, 3), (3, 5), (5, 7), (7, 9)]
+
+
+def test_in_memory_model_keeps_window_sums_in_the_driver(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An nn.Module the workers cannot load: the driver computes the sums (and says so)."""
+    import logging
+
+    kwargs = {"progress": False, "batch_size": 2}
+    local = profile(in_memory(folder), _ids(), "kfac", "bits=2 group=32", **kwargs)
+    with caplog.at_level(logging.INFO, logger="allocator.profile.distributed"):
+        spread = profile(in_memory(folder), _ids(), "kfac", "bits=2 group=32", ray="auto", **kwargs)
+    assert "window statistics run in the driver" in caplog.text
+    assert spread.losses == local.losses
 
 
 def test_measured_rows_are_journaled_as_tasks_finish(folder: Path, tmp_path: Path) -> None:

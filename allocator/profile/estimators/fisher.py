@@ -131,13 +131,23 @@ def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
 
 def fisher_importance(ctx: Any) -> dict[str, torch.Tensor]:
     """F per unit weight, the mean squared gradient (the option rows are ``_weighted_rows``)."""
+    fisher, count = fisher_sums(ctx)
+    for f in fisher.values():
+        f /= count
+    return fisher
+
+
+def fisher_sums(ctx: Any) -> tuple[dict[str, torch.Tensor], int]:
+    """The fp32 sums over windows (and probes) of the squared gradients, and how many were
+    added: F is their quotient. Sums over disjoint windows add (``profile --ray`` splits them)."""
     if ctx.needs_stats():
         ctx.capture()
     embedding = is_embedding_model(ctx.model)
     probes = int(ctx.settings.get("probes", 4)) if embedding else 1
     generator = torch.Generator().manual_seed(ctx.seed)
+    count = ctx.input_ids.shape[0] * probes
     if use_blockwise(ctx):  # offloaded: backward one block at a time (no checkpoint of sums)
-        return blockwise_fisher(ctx, probes, generator)
+        return blockwise_fisher(ctx, probes, generator), count
     checkpoint = open_checkpoint(ctx, "fisher")
     with _grads_on(ctx) as weights:
         fisher = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
@@ -162,9 +172,7 @@ def fisher_importance(ctx: Any) -> dict[str, torch.Tensor]:
             if checkpoint is not None:
                 checkpoint.maybe_save({**fisher, "_generator": generator.get_state()}, index + 1)
         bar.close()
-        for f in fisher.values():
-            f /= len(windows) * probes
-    return fisher
+    return fisher, count
 
 
 def hutchinson_traces(ctx: Any) -> dict[str, float]:

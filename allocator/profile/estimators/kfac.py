@@ -27,7 +27,8 @@ from allocator.profile.journal import open_checkpoint
 
 
 def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
-    """``G_r``: per output row of each unit, the mean over windows of sum_t (dL/dy_tr)^2."""
+    """``G_r`` sums: per output row of each unit, the sum over windows (and probes) of
+    sum_t (dL/dy_tr)^2, in fp64 (``G_r`` is their mean, see ``energy_sums``)."""
     energy = {u.name: torch.zeros(u.shape[0], dtype=torch.float64) for u in ctx.units}
     handles = []
 
@@ -78,7 +79,7 @@ def output_gradient_energy(ctx: Any) -> dict[str, torch.Tensor]:
             handle.remove()
         for name, p in ctx.model.named_parameters():
             p.requires_grad_(flags[name])
-    return {name: e / (len(windows) * probes) for name, e in energy.items()}
+    return energy
 
 
 def kfac_losses(ctx: Any) -> dict[str, dict[str, float]]:
@@ -87,11 +88,21 @@ def kfac_losses(ctx: Any) -> dict[str, dict[str, float]]:
 
 def kfac_energy(ctx: Any) -> dict[str, torch.Tensor]:
     """The capture (H) and ``G_r`` of every unit (the option rows are ``kfac_rows``)."""
+    energy, count = energy_sums(ctx)
+    return {name: e / count for name, e in energy.items()}
+
+
+def energy_sums(ctx: Any) -> tuple[dict[str, torch.Tensor], int]:
+    """The capture (H), the fp64 ``G_r`` sums of every unit and how many windows (times
+    probes) they add: ``G_r`` is their quotient. Sums over disjoint windows add
+    (``profile --ray`` splits them)."""
     ctx.capture()
+    probes = int(ctx.settings.get("probes", 4)) if is_embedding_model(ctx.model) else 1
+    count = ctx.input_ids.shape[0] * probes
     if use_blockwise(ctx):  # offloaded: backward one block at a time
-        probes = int(ctx.settings.get("probes", 4)) if is_embedding_model(ctx.model) else 1
-        return blockwise_output_energy(ctx, probes, torch.Generator().manual_seed(ctx.seed))
-    return output_gradient_energy(ctx)
+        generator = torch.Generator().manual_seed(ctx.seed)
+        return blockwise_output_energy(ctx, probes, generator), count
+    return output_gradient_energy(ctx), count
 
 
 @torch.no_grad()
