@@ -352,57 +352,12 @@ def modelopt(
 # ---------------------------------------------------------------- table
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _allocator_rows(model: str) -> list[str]:
-    """Rows of ``allocator run``'s default job (benchmarks/models.py), where present."""
-    rows = []
-    for path in sorted(MODEL_RESULTS.glob(f"{model}@*.json")):
-        rec = json.loads(path.read_text())
-        for row in rec["rows"]:
-            if row["method"] == "unmodified":
-                continue
-            rows.append(
-                f"| allocator run default: {row['method']} | {rec['budget']} | "
-                f"benchmarks/models.py | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | "
-                f"{_fmt(row['kl'], '.4f')} | {rec.get('run_seconds', '-')} (whole job) | - | ok |"
-            )
-    return rows
-
-
 @app.command()
 def table(model: str = typer.Option("smollm2"), out: str = typer.Option(str(RESULTS))) -> None:
     """Collect results/peers/*.json (and allocator's results/models rows) into results/peers.md."""
-    lines = [
-        "# Head-to-head: real mixed-precision tools on SmolLM2 (`python benchmarks/peers.py`)",
-        "",
-        f"Each tool runs its own pipeline on CPU (2 cores, shared with another job, `nice -n 19`); "
-        f"evaluation is allocator's: {HELD_OUT}, contiguous windows of 512 tokens, perplexity "
-        "and mean KL vs the unmodified fp32 model. Real bits: block linear layers, "
-        "b + 16/g (symmetric) or b + 32/g per weight, 16 for unquantized layers.",
-        "",
-        "| tool | budget | version / settings | real avg bits | perplexity | KL | wall s | "
-        "peak RSS MiB | status |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for path in sorted(Path(out).glob("*.json")):
-        rec = json.loads(path.read_text())
-        settings = ", ".join(f"{k}={v}" for k, v in rec.get("settings", {}).items())
-        status = "ok" if rec["status"] == "ok" else f"**{rec['status']}**: {rec['error']}"
-        lines.append(
-            f"| {rec['tool']} | {rec['budget']} | {rec['package']}; {settings} | "
-            f"{_fmt(rec.get('real_avg_bits'), '.3f')} | {_fmt(rec.get('perplexity'), '.2f')} | "
-            f"{_fmt(rec.get('kl'), '.4f')} | {rec.get('wall_seconds', '-')} | "
-            f"{rec.get('peak_rss_mb', '-')} | {status} |"
-        )
-    allocator = _allocator_rows(model)
-    lines += allocator or [f"| allocator run default | - | results/models/{model}@*.json not "
-                           "written yet | - | - | - | - | - | not run here |"]  # fmt: skip
-    target = Path(out).parent / "peers.md"
-    target.write_text("\n".join(lines) + "\n")
-    print(f"wrote {target}")
+    from peers_report import write_table
+
+    print(f"wrote {write_table(Path(out), MODEL_RESULTS, model, HELD_OUT)}")
 
 
 if __name__ == "__main__":
