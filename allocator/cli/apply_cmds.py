@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from allocator.cli import scale_opts
 from allocator.pipeline.tasks import load_any, read_text
+
+if TYPE_CHECKING:
+    import torch
+
+    from allocator.quant.apply_journal import ApplyJournal
 
 MODEL_HELP = "model: 'smollm2', a Hugging Face folder, a .gguf file, or a packed checkpoint folder"
 
@@ -24,6 +29,17 @@ MODEL_HELP = "model: 'smollm2', a Hugging Face folder, a .gguf file, or a packed
 def _text(paths: list[Path] | None, default: str) -> str:
     files = [str(p) for p in paths] if paths else None
     return read_text(files, "calib" if default == "default_calibration_text" else "eval")
+
+
+def _journal(folder: Path, resume: bool, windows: torch.Tensor, *job: object) -> ApplyJournal:
+    """The apply journal in ``folder`` of a job (plan, model, method, act-order) on these
+    calibration windows: continued with ``--resume``, else refused when it exists."""
+    import hashlib
+
+    from allocator.quant.apply_journal import apply_identity, open_apply_journal
+
+    digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()
+    return open_apply_journal(folder, apply_identity(*job, digest), resume=resume)
 
 
 def register(app: typer.Typer) -> None:
@@ -75,6 +91,13 @@ def register(app: typer.Typer) -> None:
                 help="compressed-tensors: dtype of unquantized tensors (default: model's)",
             ),
         ] = None,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="continue a killed apply from its journal")
+        ] = False,
+        journal: Annotated[
+            Path | None,
+            typer.Option(help="journal of finished blocks (default OUT.journal; GPTQ/SparseGPT)"),
+        ] = None,
         offload: scale_opts.Offload = False,
         offload_activations: scale_opts.OffloadActivations = None,
         ray: scale_opts.Ray = None,
@@ -115,6 +138,7 @@ def register(app: typer.Typer) -> None:
             precheck(
                 loaded.model, loaded_plan, target=target, checkpoint=model if applied else None
             )
+        blocks = None  # the journal of finished blocks (block-by-block GPTQ/SparseGPT only)
         if not applied:
             windows = None
             if needs_calibration(loaded_plan, method):
@@ -123,6 +147,9 @@ def register(app: typer.Typer) -> None:
                     loaded.tokenizer, text, seq_len=seq_len, n_windows=calib_windows, seed=seed,
                     bos=bos,
                 )  # fmt: skip
+                blocks = _journal(journal or out.with_name(out.name + ".journal"), resume,
+                                  windows, loaded_plan.content_hash(), loaded.model_hash,
+                                  method, act_order)  # fmt: skip
             apply_plan(
                 loaded.model,
                 loaded_plan,
@@ -130,6 +157,7 @@ def register(app: typer.Typer) -> None:
                 method=method,
                 act_order=act_order,
                 progress=not quiet,
+                journal=blocks,
                 ray=ray,
             )
         if fmt == "compressed-tensors":
@@ -139,10 +167,14 @@ def register(app: typer.Typer) -> None:
                 loaded.model, loaded_plan, out, tokenizer=loaded.tokenizer, target=target,
                 dtype=dtype,
             )  # fmt: skip
+            if blocks is not None:
+                blocks.discard()
             if not quiet:
                 typer.echo("\n".join([*lines, f"time        {time.perf_counter() - began:.1f} s"]))
             return
         sizes = save_checkpoint(loaded.model, loaded_plan, out, tokenizer=loaded.tokenizer)
+        if blocks is not None:
+            blocks.discard()  # the checkpoint is saved: the finished blocks are not needed
         if not quiet:
             typer.echo(
                 f"checkpoint  {out}\n"

@@ -7,6 +7,9 @@ same identity restores those blocks instead of collecting statistics and compres
 (it still runs each restored block forward, so the next block sees the compressed model's
 activations), so a killed apply loses at most the block it was working on. Files of another
 identity are an error that says what to do; each file is written atomically.
+
+``open_apply_journal`` is the ``allocator apply --journal/--resume`` convention, the one
+``allocator profile`` follows: an existing journal is continued only with ``resume``.
 """
 
 from __future__ import annotations
@@ -112,3 +115,28 @@ class ApplyJournal:
         import shutil
 
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def apply_identity(*parts: object) -> str:
+    """The identity of an apply job: a hash of what its compressed blocks depend on."""
+    import hashlib
+
+    text = json.dumps([str(part) for part in parts], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def open_apply_journal(
+    folder: str | os.PathLike[str], identity: str, *, resume: bool
+) -> ApplyJournal:
+    """The journal of ``allocator apply``: a folder holding finished blocks is continued with
+    ``resume`` (another job's is refused), and without it is an error, never reused silently
+    (a folder without blocks holds nothing to lose and is started over)."""
+    path = Path(folder)
+    if resume:
+        return ApplyJournal(path, identity)
+    if path.is_dir() and any(path.glob("block-*.safetensors")):
+        raise InputError(
+            f"{path}: a journal of an earlier apply exists; pass --resume to continue it (or "
+            "delete it to start over)"
+        )
+    return ApplyJournal(path, identity, discard_other=True)
