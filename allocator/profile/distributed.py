@@ -41,12 +41,16 @@ def _groups(units: list[Unit]) -> list[list[Unit]]:
     return list(groups.values())
 
 
-def _settings(ctx: Any, units: list[Unit]) -> dict[str, Any]:
+def _fields(ctx: ProfileContext, units: list[Unit]) -> dict[str, Any]:
+    """What a task's ProfileContext takes from the driver's for ``units`` (every task builds
+    its context as ``ProfileContext(model=..., input_ids=..., progress=False, **fields)``):
+    the settings less the driver's journal, and only these units' imatrix entries."""
     settings = {k: v for k, v in ctx.settings.items() if k not in _LOCAL_ONLY_SETTINGS}
     imatrix = settings.get("imatrix")
     if isinstance(imatrix, dict):
         settings["imatrix"] = {u.name: imatrix[u.name] for u in units if u.name in imatrix}
-    return settings
+    return {"units": units, "options": ctx.options, "settings": settings, "seed": ctx.seed,
+            "batch_size": ctx.batch_size}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -66,13 +70,10 @@ class RowContext(ProfileContext):
 
 def rows_task(
     estimator: str,
-    units: list[Unit],
-    options: list[Any],
+    fields: dict[str, Any],
     weights: dict[str, torch.Tensor],
     stats: dict[str, Any] | None,
     extra: dict[str, torch.Tensor] | None,
-    settings: dict[str, Any],
-    seed: int,
 ) -> dict[str, dict[str, float]]:
     """The option rows of some units from their weights and shared statistics (a Ray task)."""
     from allocator.profile.estimators import ESTIMATORS, load_all
@@ -80,15 +81,9 @@ def rows_task(
     from allocator.profile.estimators.kfac import kfac_rows
 
     load_all()
+    empty = torch.empty(0, 0, dtype=torch.long)
     ctx = RowContext(
-        model=None,  # type: ignore[arg-type]
-        input_ids=torch.empty(0, 0, dtype=torch.long),
-        units=units,
-        options=options,
-        settings=settings,
-        progress=False,
-        seed=seed,
-        weights=weights,
+        model=cast(Any, None), input_ids=empty, progress=False, weights=weights, **fields
     )
     if stats is not None:
         ctx._capture = Capture(stats=stats, lim={}, n_tokens=0)
@@ -205,8 +200,7 @@ def _window_sums(
 
     n = int(ctx.input_ids.shape[0])
     shards = window_shards(n, ctx.batch_size, pool.slots())
-    fields = {"units": ctx.units, "options": ctx.options, "settings": _settings(ctx, ctx.units),
-              "seed": ctx.seed, "batch_size": ctx.batch_size}  # fmt: skip
+    fields = _fields(ctx, ctx.units)
     offload = is_offloaded(ctx.model)
     tasks = [
         (estimator, source, device, offload, ctx.input_ids[a:b].clone(), fields, capture)
@@ -232,15 +226,11 @@ def measure_task(
     estimator: str,
     source: str,
     device: str,
-    units: list[Unit],
-    options: list[Any],
+    fields: dict[str, Any],
     input_ids: torch.Tensor,
     states: dict[int, BlockInputs],
     top: BlockInputs,
     stats: dict[str, Any] | None,
-    settings: dict[str, Any],
-    seed: int,
-    batch_size: int,
 ) -> dict[str, dict[str, float]]:
     """Measured rows (kl, block_error) of one block's units on a worker (a Ray task).
 
@@ -253,16 +243,7 @@ def measure_task(
     load_all()
     model = _worker_model(source, device).model
     n_blocks = len(find_backbone(model).layers)
-    ctx = ProfileContext(
-        model=model,
-        input_ids=input_ids,
-        units=units,
-        options=options,
-        settings=settings,
-        progress=False,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    ctx = ProfileContext(model=model, input_ids=input_ids, progress=False, **fields)
     # the blocks these units do not reach stay None (never read)
     ctx._states = cast(list[BlockInputs], [states.get(i) for i in range(n_blocks)] + [top])
     if stats is not None:
@@ -327,10 +308,7 @@ def run_on_ray(ctx: ProfileContext, estimator: str, source: str, device: str, po
         weights = {u.name: ctx.module(u).weight.detach().cpu().clone() for u in units}
         stats = {u.name: ctx.stats(u) for u in units} if stats_needed else None
         share = {u.name: extra[u.name] for u in units} if extra is not None else None
-        tasks.append(
-            (estimator, units, ctx.options, pool.put(weights), stats, share,
-             _settings(ctx, units), ctx.seed)
-        )  # fmt: skip
+        tasks.append((estimator, _fields(ctx, units), pool.put(weights), stats, share))
     from allocator.models.offload import release_kept
 
     release_kept(ctx.model)
@@ -367,9 +345,8 @@ def _measured(
         if ctx.needs_stats():
             stats = {u.name: capture.stats[u.name] for u in units}
         tasks.append(
-            (estimator, source, device, units, ctx.options, ids, pool.put(needed), top, stats,
-             _settings(ctx, units), ctx.seed, ctx.batch_size)
-        )  # fmt: skip
+            (estimator, source, device, _fields(ctx, units), ids, pool.put(needed), top, stats)
+        )
 
     def record(i: int, result: dict[str, dict[str, float]]) -> None:
         for unit in todo[i]:
