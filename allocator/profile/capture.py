@@ -18,6 +18,7 @@ Every block is replayed with the arguments the model's own forward gives it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,8 +79,13 @@ def capture_stats(
     unit_names: set[str] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    on_block: Callable[[int, dict[str, ActStats]], None] | None = None,
 ) -> Capture:
-    """One block-by-block pass accumulating ActStats for every linear (or only ``unit_names``)."""
+    """One block-by-block pass accumulating ActStats for every linear (or only ``unit_names``).
+
+    With ``on_block``, each block's statistics go to ``on_block(index, stats)`` while the block
+    is still held, and are then dropped: memory holds one block's H, not the model's (the
+    returned ``stats`` is empty)."""
     backbone = find_backbone(model)
     prefix = backbone.prefix
     inputs = embed_inputs(backbone, input_ids, batch_size)
@@ -100,11 +106,13 @@ def capture_stats(
                 finally:
                     for handle in hooks:
                         handle.remove()
-        block_tokens = inputs.n_tokens
-        for name, module in linears.items():
-            stat = stats.setdefault(name, ActStats(module.in_features))  # unrouted experts: 0
-            if is_expert(name) and stat.n_tokens < block_tokens:
-                stat.per_tokens = block_tokens  # error per model token (see ActStats)
+            block_tokens = inputs.n_tokens
+            for name, module in linears.items():
+                stat = stats.setdefault(name, ActStats(module.in_features))  # unrouted: 0
+                if is_expert(name) and stat.n_tokens < block_tokens:
+                    stat.per_tokens = block_tokens  # error per model token (see ActStats)
+            if on_block is not None:
+                on_block(index, {n: stats.pop(n) for n in linears})
         outputs = BlockInputs(hidden=outs, calls=inputs.calls, layer=index + 1)
         lim[index] = _cosine_gap(inputs, outputs)
         inputs = outputs

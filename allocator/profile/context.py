@@ -6,6 +6,7 @@ is computed lazily once and reused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ class ProfileContext:
     seed: int = 0
     _capture: Capture | None = None
     _states: list[BlockInputs] | None = None
+    _block_stats: dict[str, ActStats] | None = None  # the block ``by_block`` is scoring
 
     def capture(self) -> Capture:
         """Per-linear input statistics over ``input_ids`` (computed on first use)."""
@@ -56,7 +58,41 @@ class ProfileContext:
         return self._capture
 
     def stats(self, unit: Unit) -> ActStats:
+        if self._block_stats is not None and unit.name in self._block_stats:
+            return self._block_stats[unit.name]
         return self.capture().stats[unit.name]
+
+    def by_block(self, score: Callable[[list[Unit]], None]) -> None:
+        """Call ``score(units of one block)`` block after block while that block's statistics
+        are held, then drop them: memory holds one block's H instead of every layer's (what
+        makes ``hessian`` on a model larger than memory possible). Units outside the blocks
+        (none today) are scored last with a whole capture."""
+        if self._capture is not None:  # captured already: score from it
+            score(list(self.units))
+            return
+        order = {u.name: i for i, u in enumerate(self.units)}
+        pending = {u.name: u for u in self.units}
+
+        def on_block(_index: int, stats: dict[str, ActStats]) -> None:
+            units = sorted(
+                (pending.pop(n) for n in stats if n in pending), key=lambda u: order[u.name]
+            )
+            self._block_stats = stats
+            try:
+                score(units)
+            finally:
+                self._block_stats = None
+
+        capture_stats(
+            self.model,
+            self.input_ids,
+            unit_names={u.name for u in self.units},
+            batch_size=self.batch_size,
+            progress=self.progress,
+            on_block=on_block,
+        )
+        if pending:
+            score(list(pending.values()))
 
     def module(self, unit: Unit) -> nn.Linear:
         # units are linear layers: prepare_model re-lays Conv1D and fused experts out as nn.Linear

@@ -37,3 +37,37 @@ def test_lim_scores_are_cosine_gaps(tiny_model, tiny_ids):
     capture = capture_stats(tiny_model, tiny_ids, progress=False)
     assert set(capture.lim) == {0, 1}
     assert all(0.0 <= v <= 2.0 for v in capture.lim.values())
+
+
+def _context(model, ids):
+    from allocator.models.units import find_units
+    from allocator.profile.context import ProfileContext
+    from allocator.schema.option import Option
+
+    options = [Option.parse(k) for k in ("b2-g32", "b4-g32", "b3-g32@gptq")]
+    return ProfileContext(model=model, input_ids=ids, units=find_units(model), options=options,
+                          progress=False)  # fmt: skip
+
+
+def test_block_by_block_scoring_equals_the_whole_capture_and_keeps_one_block(tiny_model, tiny_ids):
+    """hessian/hessian_diag score each block while its statistics are held, then drop them."""
+    from allocator.profile.estimators.hessian import hessian_diag_losses, hessian_losses
+
+    whole = _context(tiny_model, tiny_ids)
+    whole.capture()  # scored from the kept statistics
+    streamed = _context(tiny_model, tiny_ids)
+    held: list[int] = []
+    original = streamed.by_block
+
+    def spy(score):
+        def counting(units):
+            held.append(len(streamed._block_stats or {}))
+            score(units)
+
+        original(counting)
+
+    streamed.by_block = spy
+    for estimator in (hessian_losses, hessian_diag_losses):
+        assert estimator(streamed) == estimator(whole)
+    assert streamed._capture is None  # nothing of the whole model was kept
+    assert held == [7, 7, 7, 7]  # two estimators x two blocks, 7 linears each

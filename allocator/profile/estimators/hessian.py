@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from allocator.errors import InputError
 from allocator.profile.estimators import Estimator, register
@@ -24,10 +23,13 @@ from allocator.schema.unit import Unit
 def hessian_losses(ctx: Any) -> dict[str, dict[str, float]]:
     """tr(dW H dW^T) for every unit and option."""
     losses: dict[str, dict[str, float]] = {}
-    ctx.capture()
-    for unit in tqdm(ctx.units, desc="hessian", unit="unit", disable=not ctx.progress):
-        losses[unit.name] = hessian_row(ctx, unit, ctx.options)
-    return losses
+
+    def score(units: list[Unit]) -> None:
+        for unit in units:
+            losses[unit.name] = hessian_row(ctx, unit, ctx.options)
+
+    ctx.by_block(score)  # one block's H in memory at a time
+    return {u.name: losses[u.name] for u in ctx.units}
 
 
 @torch.no_grad()
@@ -59,7 +61,15 @@ def hessian_diag_losses(ctx: Any) -> dict[str, dict[str, float]]:
     """sum_ij dW_ij^2 d_j with d = diag(H) or imatrix values."""
     imatrix = ctx.settings.get("imatrix")
     losses: dict[str, dict[str, float]] = {}
-    for unit in tqdm(ctx.units, desc="hessian_diag", unit="unit", disable=not ctx.progress):
+    if imatrix is None:  # statistics from a capture: score block by block as it runs
+        ctx.by_block(lambda units: losses.update(_diag_rows(ctx, units, None)))
+        return {u.name: losses[u.name] for u in ctx.units}
+    return _diag_rows(ctx, list(ctx.units), imatrix)
+
+
+def _diag_rows(ctx: Any, units: list[Unit], imatrix: Any) -> dict[str, dict[str, float]]:
+    losses: dict[str, dict[str, float]] = {}
+    for unit in units:
         weight = ctx.module(unit).weight.detach().float()
         if imatrix is not None:
             column = _imatrix_column(imatrix, unit.name, weight.shape[1])
