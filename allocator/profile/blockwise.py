@@ -90,6 +90,7 @@ def backward_by_block(
     generator: torch.Generator,
     watch: Callable[[int, nn.Module], Any] | None = None,
     after: Callable[[int, int, int], None] | None = None,
+    finished: Callable[[int], None] | None = None,
     desc: str = "blockwise",
 ) -> None:
     """Run the block-by-block backward pass of every (window, probe) objective.
@@ -97,7 +98,8 @@ def backward_by_block(
     ``watch(index, block)`` returns a context manager entered while block ``index`` runs its
     backward passes (K-FAC installs its output-gradient hooks there); ``after(index, window,
     probe)`` is called after each backward through block ``index`` (the unit weights' ``.grad``
-    then hold that window's gradient; Fisher squares them).
+    then hold that window's gradient; Fisher squares them); ``finished(index)`` once block
+    ``index`` has seen every window, while it is still loaded.
     """
     import contextlib
 
@@ -135,6 +137,8 @@ def backward_by_block(
                     if after is not None:
                         after(index, w, p)
                     grads[w * probes + p] = x.grad if x.grad is not None else torch.zeros_like(x)
+            if finished is not None:
+                finished(index)
         del inputs
         bar.update(1)
     bar.close()
@@ -148,21 +152,36 @@ def _units_by_block(ctx: Any) -> dict[int, list[Any]]:
     return out
 
 
-def blockwise_fisher(ctx: Any, probes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def blockwise_fisher(
+    ctx: Any,
+    probes: int,
+    generator: torch.Generator,
+    on_block: Callable[[list[Any], dict[str, torch.Tensor]], None] | None = None,
+) -> dict[str, torch.Tensor]:
     """The ``fisher`` estimator's sums of squared gradients (over windows and probes; F is
-    their mean), computed block by block."""
+    their mean), computed block by block. With ``on_block``, each block's sums go to
+    ``on_block(units, sums)`` as soon as the backward pass leaves the block and are dropped
+    (memory: one block's sums, not one float per weight of the model; returns ``{}``)."""
     by_block = _units_by_block(ctx)
+    fisher: dict[str, torch.Tensor] = {}
     with _only_units_need_grad(ctx) as weights:
-        fisher = {n: torch.zeros(w.shape, dtype=torch.float32) for n, w in weights.items()}
 
         def after(index: int, _w: int, _p: int) -> None:
             for unit in by_block.get(index, []):
                 weight = weights[unit.name]
+                total = fisher.setdefault(unit.name, torch.zeros(weight.shape))
                 if weight.grad is not None:  # None: an MoE expert no token of the window reached
-                    fisher[unit.name] += weight.grad.detach().float().square().cpu()
+                    total += weight.grad.detach().float().square().cpu()
                 weight.grad = None
 
-        backward_by_block(ctx, probes=probes, generator=generator, after=after, desc="fisher")
+        def finished(index: int) -> None:
+            if on_block is not None:
+                units = by_block.get(index, [])
+                on_block(units, {u.name: fisher.pop(u.name) for u in units if u.name in fisher})
+
+        backward_by_block(
+            ctx, probes=probes, generator=generator, after=after, finished=finished, desc="fisher"
+        )
     return fisher
 
 

@@ -106,12 +106,15 @@ def _window_loss(
 
 
 def _weighted_rows(
-    ctx: Any, weights_per_unit: dict[str, torch.Tensor]
+    ctx: Any, weights_per_unit: dict[str, torch.Tensor], units: list[Any] | None = None
 ) -> dict[str, dict[str, float]]:
-    """1/2 sum w * dW^2 per unit and option, for per-weight (or broadcast) importance w."""
+    """1/2 sum w * dW^2 per unit (of ``units``, default all) and option, for per-weight (or
+    broadcast) importance w."""
     losses = {}
+    chosen = ctx.units if units is None else units
+    quiet = not ctx.progress or units is not None
     with torch.no_grad():
-        for unit in tqdm(ctx.units, desc="score options", unit="unit", disable=not ctx.progress):
+        for unit in tqdm(chosen, desc="score options", unit="unit", disable=quiet):
             weight = ctx.module(unit).weight.detach().float()
             importance = weights_per_unit[unit.name]
             row = {}
@@ -126,7 +129,30 @@ def fisher_losses(ctx: Any) -> dict[str, dict[str, float]]:
     """Empirical Fisher diagonal; embedding models average ``probes`` random projections
     (setting, default 4) per window, so their losses predict the mean 1 - cos of a window's
     pooled embedding (see ``projection_objective``)."""
+    if use_blockwise(ctx) and not ctx.needs_stats():
+        return _blockwise_rows(ctx)
     return _weighted_rows(ctx, fisher_importance(ctx))
+
+
+def _blockwise_rows(ctx: Any) -> dict[str, dict[str, float]]:
+    """Block-by-block Fisher scored as the backward pass leaves each block, whose sums are
+    then dropped: one block's F in memory instead of one float per weight of the model."""
+    probes = int(ctx.settings.get("probes", 4)) if is_embedding_model(ctx.model) else 1
+    generator = torch.Generator().manual_seed(ctx.seed)
+    count = ctx.input_ids.shape[0] * probes
+    losses: dict[str, dict[str, float]] = {}
+
+    def score(units: list[Any], sums: dict[str, torch.Tensor]) -> None:
+        for f in sums.values():
+            f /= count
+        zero = torch.zeros(())  # a unit no gradient reached
+        losses.update(_weighted_rows(ctx, {u.name: sums.get(u.name, zero) for u in units}, units))
+
+    blockwise_fisher(ctx, probes, generator, on_block=score)
+    outside = [u for u in ctx.units if u.name not in losses]  # units outside the blocks
+    if outside:
+        score(outside, {})
+    return {u.name: losses[u.name] for u in ctx.units}
 
 
 def fisher_importance(ctx: Any) -> dict[str, torch.Tensor]:
