@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
         """Measure how much each unit suffers under each option; write a SensitivityTable."""
         from allocator.profile.api import profile
         from allocator.profile.estimators import ESTIMATORS, load_all
+        from allocator.profile.journal import discard_checkpoints
         from allocator.schema.io import save_table
 
         load_all()
@@ -105,6 +106,7 @@ def register(app: typer.Typer) -> None:
             ray=ray,
         )
         save_table(table, out)
+        discard_checkpoints(journal_path)
         seconds = table.provenance.settings.get("seconds")
         typer.echo(
             f"wrote {out}: {len(table.units)} units x {len(table.options)} options "

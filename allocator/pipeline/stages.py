@@ -23,6 +23,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         job.log("profile: table.json is up to date, skipped")
         return load_table(stages.out / "table.json")
     from allocator.profile.api import profile
+    from allocator.profile.journal import discard_checkpoints
 
     start = time.perf_counter()
     table = profile(
@@ -42,6 +43,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         ray=_profile_ray(job),
     )
     save_table(table, stages.out / "table.json")
+    discard_checkpoints(stages.out / f"profile-{key}.journal.jsonl")
     stages.mark("profile", key)
     job.log(f"profile: {s.estimator} table in {time.perf_counter() - start:.1f}s")
     return table

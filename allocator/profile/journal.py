@@ -130,6 +130,17 @@ def time_now() -> float:
     return time.monotonic()
 
 
+def discard_checkpoints(journal: str | os.PathLike[str] | None) -> None:
+    """Remove the state checkpoints beside ``journal`` once the table they led to is saved: they
+    hold one float per weight (gigabytes on large models), and a rerun would refuse to start
+    over them. Unit journals (``.jsonl``: small, reusable measured points) stay."""
+    if journal is None:
+        return
+    path = Path(journal)
+    for checkpoint in path.parent.glob(f"{path.name}.*.safetensors"):
+        checkpoint.unlink(missing_ok=True)
+
+
 def open_checkpoint(ctx: Any, name: str) -> StateCheckpoint | None:
     """The state checkpoint beside ``ctx.settings['journal']`` (None when no journal was asked)."""
     path = ctx.settings.get("journal")

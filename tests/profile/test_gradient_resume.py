@@ -75,3 +75,19 @@ def test_existing_checkpoint_without_resume_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--resume"):
         profile(tiny_model("llama"), tiny_ids(), "fisher", GRID, progress=False, journal=journal)
     assert torch.is_tensor(tiny_ids())
+
+
+def test_finished_profile_discards_its_checkpoint(tmp_path: Path) -> None:
+    """The running-sum checkpoint (one float per weight) goes once the table is saved, so a
+    rerun starts over without --resume; the unit journal of measured points is not touched."""
+    from allocator.cli.main import main
+    from tests.helpers import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny", layers=2)
+    out = tmp_path / "fisher.json"
+    args = ["profile", "--model", str(tiny["model"]), "--text", str(tiny["calib"]),
+            "--estimator", "fisher", "--options", GRID, "--windows", "2", "--seq-len", "16",
+            "--quiet", "--out", str(out), "--set", "checkpoint_every_s=0"]  # fmt: skip
+    assert main(args) == 0
+    assert out.is_file() and not list(tmp_path.glob("*.safetensors"))
+    assert main(args) == 0  # no "a checkpoint of an earlier run exists"
