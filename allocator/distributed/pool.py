@@ -32,7 +32,15 @@ def connect(address: str | None = "auto") -> Any:
             ray.init(include_dashboard=False, logging_level=logging.ERROR)
         else:
             target = None if address in (None, "", "auto", "local") else address
-            ray.init(address=target, logging_level=logging.ERROR)
+            try:
+                ray.init(address=target, logging_level=logging.ERROR)
+            except (ConnectionError, TimeoutError) as exc:
+                where = target or f"$RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+                raise UnsupportedError(
+                    f"--ray {where}: no Ray cluster answered ({exc}); start one with 'ray start "
+                    "--head' and pass the address it prints (HOST:6379), or use --ray auto for "
+                    "a local instance"
+                ) from None
     return ray
 
 

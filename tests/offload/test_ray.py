@@ -307,3 +307,19 @@ def test_sigkilled_worker_is_retried_to_the_same_table(folder: Path, tmp_path: P
         os.kill(killed[0], 0)
     assert table.losses == clean.losses
     assert len(journal.read_text().splitlines()) == 1 + len(table.units)
+
+
+def test_unreachable_cluster_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --ray address nobody answers ends with exit code 4 and the fix, not a traceback."""
+    ray = pytest.importorskip("ray")
+    from allocator.distributed.pool import connect
+    from allocator.errors import UnsupportedError
+
+    def refuse(*_args, **_kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UnsupportedError, match=r"10\.0\.0\.9:6379.*ray start --head") as info:
+        connect("10.0.0.9:6379")
+    assert info.value.exit_code == 4
