@@ -197,30 +197,36 @@ def ray_workers(
     seq_len: int = typer.Option(128),
     options: str = typer.Option("bits=3,4 group=128"),
     work: str = typer.Option("/tmp/scale-ray"),
+    estimators: str = typer.Option("kl,fisher", help="rows of results/scale_ray.json to (re)run"),
 ) -> None:
-    """SmolLM2 kl and fisher tables on a local Ray cluster of 1 and of 2 one-thread workers:
-    wall time ratio and table equality (results/scale_ray.json)."""
+    """SmolLM2 tables on a local Ray cluster of 1 and of 2 one-thread workers: wall time ratio
+    and table equality (results/scale_ray.json; rows of other estimators are kept)."""
     import os
 
     folder = Path(work)
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # `ray start` (Ray >= 2.52) turns token authentication on; the driver must send the token
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
     ray = str(Path(sys.executable).with_name("ray"))
     rows, tables = [], {}
-    for estimator in ("kl", "fisher"):
+    for estimator in estimators.split(","):
         for workers in (1, 2):
             port = 6390 + workers
             subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
-            subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={workers}",
-                            "--include-dashboard=false"], check=True, capture_output=True,
-                           env=env)  # fmt: skip
+            started = subprocess.run([ray, "start", "--head", f"--port={port}",
+                                      f"--num-cpus={workers}", "--include-dashboard=false",
+                                      "--disable-usage-stats"], check=True, capture_output=True,
+                                     text=True, env=env)  # fmt: skip
+            # the head's address as Ray prints it (the node IP, which may not be 127.0.0.1)
+            printed = re.search(r"--address='([^']+)'", started.stdout + started.stderr)
+            address = printed.group(1) if printed else f"127.0.0.1:{port}"
             out = folder / f"{estimator}-{workers}.json"
             out.unlink(missing_ok=True)
             Path(f"{out}.journal.jsonl").unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "allocator", "profile", "--model", "smollm2",
                    "--estimator", estimator, "--windows", str(windows), "--seq-len",
                    str(seq_len), "--options", options, "--quiet", "--out", str(out),
-                   "--ray", f"127.0.0.1:{port}"]  # fmt: skip
+                   "--ray", address]  # fmt: skip
             began = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             wall = time.perf_counter() - began
@@ -228,15 +234,19 @@ def ray_workers(
             if done.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
             tables[(estimator, workers)] = out
-            rows.append({"estimator": estimator, "workers": workers, "wall_s": round(wall, 1)})
+            rows.append({"estimator": estimator, "workers": workers, "windows": windows,
+                         "seq_len": seq_len, "wall_s": round(wall, 1)})  # fmt: skip
             print(rows[-1], flush=True)
         rows[-1]["speedup_vs_1"] = round(rows[-2]["wall_s"] / rows[-1]["wall_s"], 2)
         rows[-1]["max_rel_difference"] = table_difference(
             tables[(estimator, 1)], tables[(estimator, 2)]
         )
-    record = {"model": "smollm2", "windows": windows, "seq_len": seq_len, "options": options,
-              "rows": rows}  # fmt: skip
-    (RESULTS / "scale_ray.json").write_text(json.dumps(record, indent=1) + "\n")
+    path = RESULTS / "scale_ray.json"
+    kept = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows = [r for r in kept if r["estimator"] not in estimators.split(",")] + rows
+    record = {"model": "smollm2", "options": options, "cluster": "ray start --head --num-cpus "
+              "1|2 on this 2-core machine, OMP_NUM_THREADS=1", "rows": rows}  # fmt: skip
+    path.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
 
 

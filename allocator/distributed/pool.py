@@ -36,6 +36,13 @@ def connect(address: str | None = "auto") -> Any:
                 ray.init(address=target, logging_level=logging.ERROR)
             except (ConnectionError, TimeoutError) as exc:
                 where = target or f"$RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+                if "auth" in f"{exc} {exc.__cause__}".lower():
+                    raise UnsupportedError(
+                        f"--ray {where}: the cluster refused this driver's authentication token "
+                        "(a cluster from 'ray start' uses token authentication since Ray 2.52); "
+                        "set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token "
+                        "or $RAY_AUTH_TOKEN"
+                    ) from None
                 raise UnsupportedError(
                     f"--ray {where}: no Ray cluster answered ({exc}); start one with 'ray start "
                     "--head' and pass the address it prints (HOST:6379), or use --ray auto for "

@@ -323,3 +323,20 @@ def test_unreachable_cluster_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(UnsupportedError, match=r"10\.0\.0\.9:6379.*ray start --head") as info:
         connect("10.0.0.9:6379")
     assert info.value.exit_code == 4
+
+
+def test_cluster_refusing_the_token_names_ray_auth_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `ray start` cluster (token authentication on) refusing the driver says how to send it."""
+    ray = pytest.importorskip("ray")
+    from allocator.distributed.pool import connect
+    from allocator.errors import UnsupportedError
+
+    def refuse(*_args, **_kwargs):
+        cause = RuntimeError("RPC error: InvalidAuthToken: Authentication token is missing")
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379") from cause
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UnsupportedError, match=r"10\.0\.0\.9:6379.*RAY_AUTH_MODE=token") as info:
+        connect("10.0.0.9:6379")
+    assert info.value.exit_code == 4
