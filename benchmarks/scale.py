@@ -139,6 +139,7 @@ def measure(
     seq_len: int = typer.Option(256),
     options: str = typer.Option("bits=4 group=128", help="option grid of the profiles"),
     work: str = typer.Option("/tmp/scale-bench", help="folder for tables and checkpoints"),
+    stages: str = typer.Option("hessian,fisher,rtn", help="rows to (re)run; others are kept"),
 ) -> None:
     """Profile (hessian, fisher) and RTN apply, in memory and offloaded; results/scale.json."""
     from transformers import AutoConfig
@@ -161,7 +162,8 @@ def measure(
     save_plan(uniform_plan(skeleton, "b4-g128"), work / "plan.json")
     rows: list[dict[str, Any]] = []
     common = ["--model", str(model), "--windows", str(windows), "--seq-len", str(seq_len)]
-    for estimator in ("hessian", "fisher"):
+    chosen = stages.split(",")
+    for estimator in [e for e in ("hessian", "fisher") if e in chosen]:
         outs = {}
         for mode, extra in (("in memory", []), ("offload", ["--offload"])):
             out = work / f"{estimator}-{mode.replace(' ', '-')}.json"
@@ -174,21 +176,27 @@ def measure(
             outs[mode] = out
         rows[-1]["max_rel_difference"] = table_difference(outs["in memory"], outs["offload"])
     digests = {}
-    for mode, extra in (("in memory", []), ("offload", ["--offload"])):
+    for mode, extra in (("in memory", []), ("offload", ["--offload"])) if "rtn" in chosen else ():
         out = work / f"rtn-{mode.replace(' ', '-')}"
         cmd = [*exe, "apply", "--plan", str(work / "plan.json"), "--model", str(model),
                "--method", "rtn", "--quiet", "--out", str(out), *extra]  # fmt: skip
         rows.append({"stage": "apply rtn b4-g128", "mode": mode, **timed(cmd)})
         print(rows[-1], flush=True)
         digests[mode] = folder_digest(out)
-    rows[-1]["identical_checkpoint"] = digests["in memory"] == digests["offload"]
+    if digests:
+        rows[-1]["identical_checkpoint"] = digests["in memory"] == digests["offload"]
+    path = RESULTS / "scale.json"
+    kept = json.loads(path.read_text())["rows"] if path.is_file() else []
+    ran = {r["stage"] for r in rows}
+    rows = sorted([r for r in kept if r["stage"] not in ran] + rows,
+                  key=lambda r: ("hessian" not in r["stage"], "apply" in r["stage"]))  # fmt: skip
     params = block_params(SYNTH["hidden_size"], SYNTH["intermediate_size"],
                           SYNTH["num_attention_heads"], SYNTH["num_key_value_heads"])  # fmt: skip
     record = {"model": "synthetic Llama", "config": SYNTH, "vocab": config.vocab_size,
               "block_params": params, "windows": windows, "seq_len": seq_len, "options": options,
               "rows": rows}  # fmt: skip
-    (RESULTS / "scale.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {RESULTS / 'scale.json'}")
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 @app.command()

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+XTX_COLUMNS = 1024  # columns of X^T X formed at once by ActStats.add_batch
+
 
 @dataclass
 class ActStats:
@@ -35,9 +37,15 @@ class ActStats:
         self.xtx = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
 
     def add_batch(self, x: torch.Tensor) -> None:
-        """Add activations (..., in_features); every row is one sample (token)."""
+        """Add activations (..., in_features); every row is one sample (token).
+
+        X^T X is formed and added in column slices, so the fp32 product and its fp64 copy are
+        (in, COLUMNS) temporaries, not two more (in, in) matrices (for a 5632-input layer
+        that is 69 MB instead of 381 MB on top of the accumulator)."""
         rows = x.reshape(-1, x.shape[-1]).float()
-        self.xtx += (rows.T @ rows).double().cpu()
+        for start in range(0, rows.shape[1], XTX_COLUMNS):
+            part = rows[:, start : start + XTX_COLUMNS]
+            self.xtx[:, start : start + part.shape[1]] += (rows.T @ part).double().cpu()
         self.norm_sum += float(rows.norm(dim=1).sum())
         self.n_tokens += rows.shape[0]
 
@@ -50,6 +58,14 @@ class ActStats:
     @property
     def hessian(self) -> torch.Tensor:
         return self.xtx / self.divisor
+
+    @property
+    def hessian_fp32(self) -> torch.Tensor:
+        """``hessian`` rounded to fp32, formed in row slices (equal values, no fp64 copy)."""
+        out = torch.empty(self.xtx.shape, dtype=torch.float32)
+        for start in range(0, self.xtx.shape[0], XTX_COLUMNS):
+            out[start : start + XTX_COLUMNS] = self.xtx[start : start + XTX_COLUMNS] / self.divisor
+        return out
 
     @property
     def act_sq(self) -> torch.Tensor:

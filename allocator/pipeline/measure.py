@@ -42,7 +42,7 @@ class SubsetMeasurer:
                     from allocator.profile.capture import capture_stats
 
                     self._stats = capture_stats(self.model, self.ids, progress=False).stats
-                hessian = self._stats[name].hessian.float()
+                hessian = self._stats[name].hessian_fp32
             option = option.model_copy(update={"method": method})
             self.cache[key] = compress_weight(self.original[name], option, hessian=hessian)
         return self.cache[key]

@@ -113,7 +113,7 @@ class ProfileContext:
         if use and (needs_hessian(option) or uses_act_sq(option)):
             stats = self.stats(unit)
             return compress_weight(
-                weight, option, hessian=stats.hessian.float(), act_sq=stats.act_sq.float()
+                weight, option, hessian=stats.hessian_fp32, act_sq=stats.act_sq.float()
             )
         return compress_weight(weight, option)
 

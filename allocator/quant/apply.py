@@ -179,7 +179,7 @@ def _apply_blockwise(
                 if name in done:
                     compress_unit(model, name, options[name], compressed=done.pop(name))
                     continue
-                hessian = None if stat is None else stat.hessian.float()
+                hessian = None if stat is None else stat.hessian_fp32
                 act_sq = None if stat is None else stat.act_sq.float()
                 compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
             del stats

@@ -48,7 +48,7 @@ def compress_many(
             (
                 pool.put(linears[name].weight.detach().cpu()),
                 options[name],
-                None if stat is None else stat.hessian.float(),
+                None if stat is None else stat.hessian_fp32,
                 None if stat is None else stat.act_sq.float(),
                 act_order,
             )

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from allocator.errors import UnsupportedError
+from allocator.models.heap import return_freed_memory
 from allocator.models.tensorfile import Entry, LazyTensor, TensorFiles, read_header
 
 ATTR = "_allocator_offload"
@@ -199,6 +200,7 @@ class OffloadRuntime:
         for sub in module.modules():  # QuantLinear keeps its dequantized weight: drop it
             if isinstance(getattr(sub, "_cache", None), torch.Tensor):
                 cast(Any, sub)._cache = None
+        return_freed_memory()  # the block's weights, not only its placeholders, leave RSS
 
     # -- groups -----------------------------------------------------------------------------
     def block_of(self, name: str) -> str | None:

@@ -35,7 +35,7 @@ def hessian_losses(ctx: Any) -> dict[str, dict[str, float]]:
 @torch.no_grad()
 def hessian_row(ctx: Any, unit: Unit, options: list[Option]) -> dict[str, float]:
     """tr(dW H dW^T) of one unit for each option."""
-    hessian = ctx.stats(unit).hessian.float()
+    hessian = ctx.stats(unit).hessian_fp32
     weight = ctx.module(unit).weight.detach().float()
     row = {}
     for option in options:

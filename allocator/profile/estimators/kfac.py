@@ -110,7 +110,7 @@ def kfac_rows(ctx: Any, energy: dict[str, torch.Tensor]) -> dict[str, dict[str, 
     """1/2 sum_r G_r [dW H dW^T]_rr for every unit and option."""
     losses: dict[str, dict[str, float]] = {}
     for unit in tqdm(ctx.units, desc="kfac rows", unit="unit", disable=not ctx.progress):
-        hessian = ctx.stats(unit).hessian.float()
+        hessian = ctx.stats(unit).hessian_fp32
         weight = ctx.module(unit).weight.detach().float()
         g = energy[unit.name].float()
         row = {}
