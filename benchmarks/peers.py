@@ -39,7 +39,17 @@ import typer
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "peers"
 MODEL_RESULTS = ROOT / "results" / "models"
-CALIB, HELD_OUT = "austen-calib", "austen-eval"
+# calibration text, held-out evaluation text and evaluation windows per model, as
+# benchmarks/models.py runs ``allocator run`` on them (another folder: SmolLM2's texts)
+TEXTS = {
+    "smollm2": ("austen-calib", "austen-eval", 32),
+    "gemma3-270m": ("pydoc-calib", "pydoc-eval", 16),
+}
+
+
+def texts(model: str) -> tuple[str, str, int]:
+    return TEXTS.get(model, TEXTS["smollm2"])
+
 
 app = typer.Typer(add_completion=False)
 
@@ -100,13 +110,14 @@ def text_windows(tokenizer: Any, name: str, seq_len: int, n: int) -> Any:
                          contiguous=True)  # fmt: skip
 
 
-def evaluate_result(model: Any, spec: str, seq_len: int, n_windows: int) -> dict[str, Any]:
+def evaluate_result(model: Any, spec: str, seq_len: int, n_windows: int | None) -> dict[str, Any]:
     """Perplexity and KL of ``model`` vs the unmodified fp32 model, as ``allocator run`` does."""
     from allocator.evaluate import evaluate_many
     from allocator.models.loader import load_model
 
     loaded = load_model(spec)
-    windows = text_windows(loaded.tokenizer, HELD_OUT, seq_len, n_windows)
+    _, held_out, default_windows = texts(spec)
+    windows = text_windows(loaded.tokenizer, held_out, seq_len, n_windows or default_windows)
     began = time.perf_counter()
     both = evaluate_many({"tool": model}, windows, loaded.model, reference_name="unmodified",
                          progress=False)  # fmt: skip
@@ -123,7 +134,8 @@ def evaluate_result(model: Any, spec: str, seq_len: int, n_windows: int) -> dict
 
 def write(record: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{record['tool']}@{record['budget']}.json"
+    model = "" if record["model"] == "smollm2" else f"{Path(record['model']).name}_"
+    path = out / f"{model}{record['tool']}@{record['budget']}.json"
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(f"wrote {path}")
     return path
@@ -138,8 +150,8 @@ def base_record(tool: str, package: str, budget: float, model: str, label: str) 
         "torch": torch.__version__,
         "budget": budget,
         "model": model,
-        "calib": CALIB,
-        "eval": HELD_OUT,
+        "calib": texts(model)[0],
+        "eval": texts(model)[1],
         "command": "python " + " ".join(sys.argv),
         "status": "ok",
         "library": tool,
@@ -171,21 +183,21 @@ def autoround(
     nsamples: int = typer.Option(4, help="calibration samples of --calib-seqlen tokens"),
     calib_seqlen: int = typer.Option(2048, help="AutoRound seqlen (its default 2048)"),
     seq_len: int = typer.Option(512, help="evaluation window length"),
-    eval_windows: int = typer.Option(32),
+    eval_windows: int | None = typer.Option(None, help="default: the model's, as in models.py"),
     out: str = typer.Option(str(RESULTS)),
 ) -> None:
     """AutoRound AutoScheme (mixed W2/W4/W8 under avg_bits) on CPU, its own pipeline end to end."""
     record = base_record("autoround", "auto-round", budget, model, "autoround-autoscheme")
     settings = {"options": options, "iters": iters, "nsamples": nsamples,
                 "seqlen": calib_seqlen, "device_map": "cpu", "enable_torch_compile": False,
-                "dataset": f"{CALIB} as a local JSON list of 16000-character strings"}  # fmt: skip
+                "dataset": f"{record['calib']} as a local JSON list of 16000-character strings"}  # fmt: skip
     record["settings"] = settings
     # AutoScheme caches its per-option scores under ~/.cache/auto_round: a fresh folder, so the
     # measured time is a cold run.
     os.environ["AR_AUTO_SCHEME_CACHE"] = tempfile.mkdtemp(prefix="ar-scheme-")
     from allocator.models.corpus import read_texts
 
-    text = read_texts([CALIB])
+    text = read_texts([record["calib"]])
     calib = Path(tempfile.mkdtemp(prefix="ar-calib-")) / "calib.json"
     # AutoScheme only takes a dataset name or file (no list of strings); the local-file loader
     # drops samples shorter than seqlen tokens, so give long chunks.
@@ -283,7 +295,7 @@ def modelopt(
     ),
     calib_windows: int = typer.Option(16, help="calibration/score batches of one window"),
     seq_len: int = typer.Option(512),
-    eval_windows: int = typer.Option(32),
+    eval_windows: int | None = typer.Option(None, help="default: the model's, as in models.py"),
     out: str = typer.Option(str(RESULTS)),
 ) -> None:
     """ModelOpt mtq.auto_quantize (gradient search, integer weight-only formats) on CPU."""
@@ -305,7 +317,7 @@ def modelopt(
         from allocator.models.loader import load_model
 
         loaded = load_model(model)
-        windows = text_windows(loaded.tokenizer, CALIB, seq_len, calib_windows)
+        windows = text_windows(loaded.tokenizer, record["calib"], seq_len, calib_windows)
         batches = [windows[i : i + 1] for i in range(windows.shape[0])]
 
         def forward_step(net: Any, batch: Any) -> Any:
@@ -357,7 +369,7 @@ def table(model: str = typer.Option("smollm2"), out: str = typer.Option(str(RESU
     """Collect results/peers/*.json (and allocator's results/models rows) into results/peers.md."""
     from peers_report import write_table
 
-    print(f"wrote {write_table(Path(out), MODEL_RESULTS, model, HELD_OUT)}")
+    print(f"wrote {write_table(Path(out), MODEL_RESULTS, model, texts(model)[1])}")
 
 
 if __name__ == "__main__":

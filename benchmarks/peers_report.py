@@ -64,6 +64,7 @@ def comparison(records: list[dict[str, Any]]) -> list[str]:
 
 def write_table(peers_dir: Path, model_results: Path, model: str, held_out: str) -> Path:
     records = [json.loads(p.read_text()) for p in sorted(peers_dir.glob("*.json"))]
+    records = [r for r in records if Path(r["model"]).name == model]
     ours = allocator_records(model_results, model)
     lines = [
         f"# Head-to-head: real mixed-precision tools on {model} (`python benchmarks/peers.py`)",
@@ -84,7 +85,7 @@ def write_table(peers_dir: Path, model_results: Path, model: str, held_out: str)
         "|---|---|---|---|---|---|---|---|---|",
         *(_detail_line(r) for r in records + ours),
     ]
-    target = peers_dir.parent / "peers.md"
+    target = peers_dir.parent / ("peers.md" if model == "smollm2" else f"peers_{model}.md")
     old = target.read_text() if target.is_file() else ""
     notes = old[old.index(NOTES) :] if NOTES in old else ""
     target.write_text("\n".join(lines) + "\n\n" + notes)
