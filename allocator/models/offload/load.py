@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from allocator.errors import UnsupportedError
+from allocator.models.heap import map_large_allocations
 from allocator.models.offload.runtime import ATTR, OffloadRuntime
 from allocator.models.tensorfile import Entry, folder_entries
 
@@ -70,6 +71,7 @@ def load_offloaded(
     from allocator.models.adapters import is_conv1d, is_fused_experts, prepare_model
 
     root = Path(folder)
+    map_large_allocations()  # freed blocks leave the resident size instead of staying on the heap
     model = _skeleton(root, dtype)
     fused = [n for n, m in model.named_modules() if is_fused_experts(m)]
     if fused:
