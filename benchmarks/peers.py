@@ -48,7 +48,8 @@ TEXTS = {
 
 
 def texts(model: str) -> tuple[str, str, int]:
-    return TEXTS.get(model, TEXTS["smollm2"])
+    """By the model's name or its folder's name (``/models/gemma3-270m``)."""
+    return TEXTS.get(model, TEXTS.get(Path(model).name, TEXTS["smollm2"]))
 
 
 app = typer.Typer(add_completion=False)

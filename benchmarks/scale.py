@@ -162,7 +162,15 @@ def measure(
     save_plan(uniform_plan(skeleton, "b4-g128"), work / "plan.json")
     rows: list[dict[str, Any]] = []
     common = ["--model", str(model), "--windows", str(windows), "--seq-len", str(seq_len)]
-    chosen = stages.split(",")
+    chosen = [stage.strip() for stage in stages.split(",")]
+    unknown = set(chosen) - {"hessian", "fisher", "rtn"}
+    if unknown:
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; choose from hessian,fisher,rtn")
+    if set(chosen) != {"hessian", "fisher", "rtn"} and (RESULTS / "scale.json").is_file():
+        old = json.loads((RESULTS / "scale.json").read_text())
+        if (old["windows"], old["seq_len"], old["options"]) != (windows, seq_len, options):
+            raise SystemExit("--stages: results/scale.json was measured with other --windows, "
+                             "--seq-len or --options; rerun every stage with those")  # fmt: skip
     for estimator in [e for e in ("hessian", "fisher") if e in chosen]:
         outs = {}
         for mode, extra in (("in memory", []), ("offload", ["--offload"])):
@@ -217,7 +225,10 @@ def ray_workers(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
     ray = str(Path(sys.executable).with_name("ray"))
     rows, tables = [], {}
-    for estimator in estimators.split(","):
+    chosen = [name.strip() for name in estimators.split(",")]
+    if set(chosen) - {"kl", "fisher"}:
+        raise SystemExit(f"--estimators: choose from kl,fisher (got {estimators})")
+    for estimator in chosen:
         for workers in (1, 2):
             port = 6390 + workers
             subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
@@ -251,7 +262,7 @@ def ray_workers(
         )
     path = RESULTS / "scale_ray.json"
     kept = json.loads(path.read_text())["rows"] if path.is_file() else []
-    rows = [r for r in kept if r["estimator"] not in estimators.split(",")] + rows
+    rows = [r for r in kept if r["estimator"] not in chosen] + rows
     record = {"model": "smollm2", "options": options, "cluster": "ray start --head --num-cpus "
               "1|2 on this 2-core machine, OMP_NUM_THREADS=1", "rows": rows}  # fmt: skip
     path.write_text(json.dumps(record, indent=1) + "\n")

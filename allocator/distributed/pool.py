@@ -32,16 +32,24 @@ def connect(address: str | None = "auto") -> Any:
             ray.init(include_dashboard=False, logging_level=logging.ERROR)
         else:
             target = None if address in (None, "", "auto", "local") else address
+            refused_token = _as_tuple(
+                getattr(getattr(ray, "exceptions", None), "AuthenticationError", ())
+            )
+            caught: tuple[type[BaseException], ...] = (
+                ConnectionError,
+                TimeoutError,
+                *refused_token,
+            )
             try:
                 ray.init(address=target, logging_level=logging.ERROR)
-            except (ConnectionError, TimeoutError) as exc:
+            except caught as exc:
                 where = target or f"$RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
-                if "auth" in f"{exc} {exc.__cause__}".lower():
+                if _token_refused(exc, refused_token):
                     raise UnsupportedError(
                         f"--ray {where}: the cluster refused this driver's authentication token "
                         "(a cluster from 'ray start' uses token authentication since Ray 2.52); "
-                        "set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token "
-                        "or $RAY_AUTH_TOKEN"
+                        "set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token, "
+                        f"$RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH ({_first_line(exc)})"
                     ) from None
                 raise UnsupportedError(
                     f"--ray {where}: no Ray cluster answered ({exc}); start one with 'ray start "
@@ -49,6 +57,28 @@ def connect(address: str | None = "auto") -> Any:
                     "a local instance"
                 ) from None
     return ray
+
+
+def _as_tuple(kind: Any) -> tuple[type[BaseException], ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _token_refused(exc: BaseException, kind: Any) -> bool:
+    """Whether Ray refused the driver's token: Ray's AuthenticationError anywhere in the chain
+    of causes, or its InvalidAuthToken message (the address itself is not searched)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _as_tuple(kind)) or "invalidauthtoken" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    """Ray's own words on the refusal: its line naming the token, else its first line."""
+    lines = [line.strip() for line in str(exc.__cause__ or exc).splitlines() if line.strip()]
+    named = [line for line in lines if "authtoken" in line.lower() or "token" in line.lower()]
+    return (named or lines or [type(exc).__name__])[0][:200]
 
 
 class RayPool:

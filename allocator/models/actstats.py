@@ -41,7 +41,9 @@ class ActStats:
 
         X^T X is formed and added in column slices, so the fp32 product and its fp64 copy are
         (in, COLUMNS) temporaries, not two more (in, in) matrices (for a 5632-input layer
-        that is 69 MB instead of 381 MB on top of the accumulator)."""
+        that is 69 MB instead of 381 MB on top of the accumulator). Each entry is the same dot
+        product over the tokens as in the whole product (equal floats on the CPU builds
+        measured; a BLAS may order a sum differently for another width)."""
         rows = x.reshape(-1, x.shape[-1]).float()
         for start in range(0, rows.shape[1], XTX_COLUMNS):
             part = rows[:, start : start + XTX_COLUMNS]
@@ -62,7 +64,7 @@ class ActStats:
     @property
     def hessian_fp32(self) -> torch.Tensor:
         """``hessian`` rounded to fp32, formed in row slices (equal values, no fp64 copy)."""
-        out = torch.empty(self.xtx.shape, dtype=torch.float32)
+        out = torch.empty(self.xtx.shape, dtype=torch.float32, device=self.xtx.device)
         for start in range(0, self.xtx.shape[0], XTX_COLUMNS):
             out[start : start + XTX_COLUMNS] = self.xtx[start : start + XTX_COLUMNS] / self.divisor
         return out

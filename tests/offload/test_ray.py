@@ -340,3 +340,37 @@ def test_cluster_refusing_the_token_names_ray_auth_mode(monkeypatch: pytest.Monk
     with pytest.raises(UnsupportedError, match=r"10\.0\.0\.9:6379.*RAY_AUTH_MODE=token") as info:
         connect("10.0.0.9:6379")
     assert info.value.exit_code == 4
+
+
+def test_address_naming_auth_is_not_a_token_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only Ray's refusal of the token is reported as one, not a host that spells 'auth'."""
+    ray = pytest.importorskip("ray")
+    from allocator.distributed.pool import connect
+    from allocator.errors import UnsupportedError
+
+    def refuse(*_args, **_kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at oauth-gw:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UnsupportedError, match="no Ray cluster answered"):
+        connect("oauth-gw:6379")
+
+
+def test_ray_authentication_error_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's own AuthenticationError (token mode without a token) ends with exit code 4 too."""
+    ray = pytest.importorskip("ray")
+    kind = getattr(ray.exceptions, "AuthenticationError", None)
+    if kind is None:
+        pytest.skip("this Ray has no token authentication")
+    from allocator.distributed.pool import connect
+    from allocator.errors import UnsupportedError
+
+    def refuse(*_args, **_kwargs):
+        raise kind("Token authentication is enabled but no authentication token was found")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UnsupportedError, match="RAY_AUTH_MODE=token") as info:
+        connect("10.0.0.9:6379")
+    assert info.value.exit_code == 4
