@@ -66,3 +66,28 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     assert resumed["rows"] == fresh["rows"]
     assert (out / "plan.json").read_text() == (tmp_path / "fresh" / "plan.json").read_text()
     assert not list(out.glob("**/*.tmp*")), "an interrupted write left a temp file behind"
+
+
+def test_new_quantizer_revision_reapplies(tmp_path: Path, monkeypatch) -> None:
+    """A finished run resumed by code whose quantizers changed (``allocator.quant.REVISION``)
+    profiles, applies and evaluates again instead of loading what the old quantizers made."""
+    import allocator.pipeline as pipeline
+    import allocator.pipeline.stages as stages
+
+    saved = save_tiny_model(tmp_path / "model", layers=2)
+    held_out = tmp_path / "eval.txt"
+    held_out.write_text(sample_text(2))
+    settings = _settings(saved, held_out)
+    out = tmp_path / "run"
+    run(settings, out, progress=False, log=lambda _m: None)
+    same: list[str] = []
+    run(settings, out, progress=False, log=same.append)
+    assert any(m.startswith("evaluate: results.json is up to date") for m in same)
+
+    monkeypatch.setattr(pipeline, "QUANT_REVISION", pipeline.QUANT_REVISION + 1)
+    monkeypatch.setattr(stages, "QUANT_REVISION", stages.QUANT_REVISION + 1)
+    logs: list[str] = []
+    run(settings, out, progress=False, log=logs.append)
+    redone = ("profile: table.json", "apply plan: checkpoint", "evaluate: results.json")
+    assert not any(m.startswith(redone) and "up to date" in m for m in logs)
+    assert any(m.startswith("apply plan: gptq in") for m in logs)

@@ -9,6 +9,7 @@ from typing import Any
 from allocator.errors import AllocatorError
 from allocator.pipeline.job import Job, Stages
 from allocator.pipeline.settings import _hash
+from allocator.quant import REVISION as QUANT_REVISION
 from allocator.schema import Constraints, Plan, SensitivityTable
 from allocator.schema.io import atomic_write_text, load_plan, load_table, save_plan, save_table
 
@@ -17,7 +18,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
     s = job.settings
     key = _hash(
         "profile", s.model, s.estimator, s.options, s.profile_windows, s.profile_seq_len,
-        s.seed, s.bos, s.calibrate_options, job.data_hash("calib"),
+        s.seed, s.bos, s.calibrate_options, job.data_hash("calib"), QUANT_REVISION,
     )  # fmt: skip
     if stages.done("profile", key, "table.json"):
         job.log("profile: table.json is up to date, skipped")
@@ -170,7 +171,7 @@ def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, s
     """The model compressed by ``plan`` and its key; the checkpoint goes to ``candidates/NAME``."""
     s = job.settings
     key = _hash("apply", plan.content_hash(), job.loaded.model_hash, s.method, s.quant_windows,
-                s.seq_len, s.seed, s.bos, job.data_hash("calib"))  # fmt: skip
+                s.seq_len, s.seed, s.bos, job.data_hash("calib"), QUANT_REVISION)  # fmt: skip
     folder = f"candidates/{name}"
     checkpoint = _checkpoint_module()
     if checkpoint is not None and stages.done(f"apply:{name}", key, folder):

@@ -118,10 +118,13 @@ class ApplyJournal:
 
 
 def apply_identity(*parts: object) -> str:
-    """The identity of an apply job: a hash of what its compressed blocks depend on."""
+    """The identity of an apply job: a hash of what its compressed blocks depend on (the
+    quantizers' ``REVISION`` included: a journal of older code is not resumed)."""
     import hashlib
 
-    text = json.dumps([str(part) for part in parts], separators=(",", ":"))
+    from allocator.quant import REVISION
+
+    text = json.dumps([str(part) for part in (*parts, REVISION)], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -113,10 +113,10 @@ def _mask_for(weight: torch.Tensor, option: Option, act_sq: torch.Tensor | None)
 def _rtn(
     w: Tensor, option: Option, hessian: MaybeTensor, act_sq: MaybeTensor, act_order: bool
 ) -> CompressedWeight:
-    """Prune (sparse options), then round to nearest with fp16 scales."""
+    """Prune (sparse options), then round to nearest with fp16 scales and searched ranges."""
     mask = _mask_for(w, option, act_sq) if option.sparsity > 0 else None
     quantized = quantize_rtn(w, option.bits, option.group_size, option.symmetric,
-                             fp16_scales=True, keep_mask=mask)  # fmt: skip
+                             fp16_scales=True, keep_mask=mask, search=True)  # fmt: skip
     dequant = quantized.dequantize()
     if mask is not None:
         dequant = dequant * mask

@@ -8,8 +8,10 @@ Without act-order each group's scale/zero is computed when the sweep reaches the
 column, on the already-updated weights (GPTQ's default). With act-order the columns are swept in
 order of decreasing ``diag(H)`` and the groups stay the ORIGINAL contiguous column groups, their
 parameters computed up front from the unquantized weight ("static groups"), so the result packs in
-the ordinary layout with no ``g_idx``. Scales are rounded to fp16 as they are computed, so the
-error feedback sees exactly the values the packed checkpoint stores.
+the ordinary layout with no ``g_idx``. Either way each group's range is searched for the least
+diag(H)-weighted rounding error (``group_params``; ``clip=False``: min-max). Scales are rounded to
+fp16 as they are computed, so the error feedback sees exactly the values the packed checkpoint
+stores.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from allocator.quant.rtn import QuantizedWeight, effective_group, group_params_fp16
+from allocator.quant.rtn import (
+    QuantizedWeight,
+    clipped_group_params_fp16,
+    effective_group,
+    group_params_fp16,
+)
 
 
 @contextmanager
@@ -108,6 +115,23 @@ def _group_segment(
     return torch.cat([inside, w_full[:, i2:end]], dim=1)
 
 
+def group_params(
+    weight: torch.Tensor,
+    bits: int,
+    group: int,
+    symmetric: bool,
+    importance: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16 group parameters of GPTQ and SparseGPT: min-max when ``importance`` is None, else
+    each group's range shrunk to the least ``sum_j importance_j * rounding_error_j^2``
+    (``importance`` = diag(H) of the group's columns: rounding alone's output error; the
+    README's quantizer table measures what the search gains).
+    """
+    if importance is None:
+        return group_params_fp16(weight, bits, group, symmetric)
+    return clipped_group_params_fp16(weight, bits, group, symmetric, importance)
+
+
 @single_threaded
 def gptq_quantize(
     weight: torch.Tensor,
@@ -120,9 +144,12 @@ def gptq_quantize(
     block_size: int = 128,
     percdamp: float = 0.01,
     keep_mask: torch.Tensor | None = None,
+    clip: bool = True,
 ) -> QuantizedWeight:
     """GPTQ-quantize a weight (out, in) with input Hessian H (in, in).
 
+    ``clip``: group ranges searched for the least diag(H)-weighted rounding error
+    (``group_params``), else min-max.
     ``keep_mask`` (bool, like weight) forces pruned weights to code = zero (dequantizing to 0) and
     lets GPTQ compensate for them. Returns codes/scale/zero in the original column order.
     """
@@ -136,8 +163,9 @@ def gptq_quantize(
     static = act_order or group >= cols
     scale = torch.zeros(out_features, n_groups)
     zero = torch.zeros(out_features, n_groups)
+    importance = torch.diag(h) if clip else None
     if static:
-        scale, zero = group_params_fp16(w, bits, group, symmetric)
+        scale, zero = group_params(w, bits, group, symmetric, importance)
     perm = torch.arange(cols)
     if act_order:
         perm = torch.argsort(torch.diag(h), descending=True)
@@ -156,7 +184,8 @@ def gptq_quantize(
             g = int(perm[col]) // group
             if not static and col % group == 0:
                 segment = _group_segment(w1, w, i, i2, col, group)
-                s, z = group_params_fp16(segment, bits, segment.shape[1], symmetric)
+                weight_of = None if importance is None else importance[col : col + segment.shape[1]]
+                s, z = group_params(segment, bits, segment.shape[1], symmetric, weight_of)
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             q_codes, q = quantize_column(w1[:, i], scale[:, g], zero[:, g], maxq)
             if keep_mask is not None:

@@ -15,12 +15,13 @@ import torch
 
 from allocator.quant.gptq import (
     _group_segment,
+    group_params,
     inverse_cholesky,
     prepare_hessian,
     quantize_column,
     single_threaded,
 )
-from allocator.quant.rtn import QuantizedWeight, effective_group, group_params_fp16
+from allocator.quant.rtn import QuantizedWeight, effective_group
 
 
 @dataclass
@@ -55,9 +56,15 @@ def sparsegpt_prune(
     symmetric: bool = False,
     block_size: int = 128,
     percdamp: float = 0.01,
+    clip: bool = True,
 ) -> SparseResult:
-    """Prune (unstructured ``sparsity`` or ``nm=(N, M)`` keeping N of M) and optionally quantize."""
+    """Prune (unstructured ``sparsity`` or ``nm=(N, M)`` keeping N of M) and optionally quantize.
+
+    ``clip``: each group's range is searched for the least diag(H)-weighted rounding error
+    (``allocator.quant.gptq.group_params``), else min-max.
+    """
     w, h = prepare_hessian(weight, hessian)
+    importance = torch.diag(h) if clip else None
     out_features, cols = w.shape
     hinv = inverse_cholesky(h, percdamp)
     mask = torch.ones(out_features, cols, dtype=torch.bool)
@@ -67,7 +74,7 @@ def sparsegpt_prune(
     scale = torch.zeros(out_features, n_groups)
     zero = torch.zeros(out_features, n_groups)
     if bits is not None and group >= cols:
-        scale, zero = group_params_fp16(w, bits, group, symmetric)
+        scale, zero = group_params(w, bits, group, symmetric, importance)
     codes = torch.zeros(out_features, cols)
     pruned_so_far = 0
     for i1 in range(0, cols, block_size):
@@ -97,7 +104,10 @@ def sparsegpt_prune(
                 g = col // group
                 if group < cols and col % group == 0:
                     segment = _group_segment(w1 * mask1, w, i, i2, col, group)
-                    s, z = group_params_fp16(segment, bits, segment.shape[1], symmetric)
+                    weight_of = (
+                        None if importance is None else importance[col : col + segment.shape[1]]
+                    )
+                    s, z = group_params(segment, bits, segment.shape[1], symmetric, weight_of)
                     scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
                 q_codes, q = quantize_column(q, scale[:, g], zero[:, g], maxq)
                 codes[:, col] = torch.where(keep, q_codes, zero[:, g])

@@ -41,6 +41,20 @@ def test_joint_quantization_codes_match_weight(weight, activations):
     assert torch.equal(result.quantized.dequantize() * result.mask, result.weight)
 
 
+def test_clip_search_lowers_joint_output_error(weight, activations):
+    """Pruned and quantized jointly, the searched group ranges leave less output error."""
+    _, hessian = activations
+    heavy = weight.clone()
+    heavy[::7, ::13] *= 8
+
+    def error(clip, **pattern):
+        result = sparsegpt_prune(heavy, hessian, bits=3, group_size=64, clip=clip, **pattern)
+        return proxy(result.weight - heavy, hessian)
+
+    assert error(True, sparsity=0.5) < error(False, sparsity=0.5)
+    assert error(True, nm=(2, 4)) < error(False, nm=(2, 4))
+
+
 def torch_option(key):
     from allocator.schema.option import Option
 
