@@ -111,22 +111,24 @@ def clipped_group_params_fp16(
         low, high = -grouped.abs().amax(dim=2), grouped.abs().amax(dim=2)
     else:
         low, high = grouped.amin(dim=2).clamp(max=0), grouped.amax(dim=2).clamp(min=0)
-    best_scale = best_zero = best_err = None
     work = torch.empty_like(grouped)
-    for shrink in torch.linspace(1.0, min_shrink, steps).tolist():
+
+    def candidate(shrink: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scale, zero, weighted squared error) of the range scaled by ``shrink``."""
         scale, zero = _range_params(low * shrink, high * shrink, bits, symmetric)
         s, z = scale[..., None], zero[..., None]
         torch.div(grouped, s, out=work)
         work.round_().add_(z).clamp_(0, 2**bits - 1).sub_(z).mul_(s).sub_(grouped)
-        err = work.square_().mul_(cw).sum(dim=2)
-        if best_err is None:
-            best_scale, best_zero, best_err = scale, zero, err
-            continue
+        return scale, zero, work.square_().mul_(cw).sum(dim=2)
+
+    factors = torch.linspace(1.0, min_shrink, steps).tolist()
+    best_scale, best_zero, best_err = candidate(factors[0])
+    for shrink in factors[1:]:
+        scale, zero, err = candidate(shrink)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
         best_zero = torch.where(better, zero, best_zero)
-    assert best_scale is not None and best_zero is not None
     return best_scale, best_zero
 
 
