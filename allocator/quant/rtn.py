@@ -58,20 +58,37 @@ def group_params(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max (or abs-max) scale and zero per group, each (out, n_groups), in fp32
     (``fp16_scales``: the scale rounded to fp16 as stored)."""
-    grouped = _grouped(weight.float(), group)
+    low, high = _group_range(_grouped(weight.float(), group), symmetric)
+    scale, zero = _range_params(low, high, bits, symmetric)
+    if fp16_scales:
+        scale = _fp16(scale)
+    return scale, zero
+
+
+def _group_range(grouped: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) of each group of (out, n_groups, group): [-absmax, absmax] when symmetric,
+    else [min, max] widened to include 0."""
+    if symmetric:
+        absmax = grouped.abs().amax(dim=2)
+        return -absmax, absmax
+    return grouped.amin(dim=2).clamp(max=0), grouped.amax(dim=2).clamp(min=0)
+
+
+def _range_params(
+    low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (scale, zero) mapping [low, high] (low = -high when symmetric) onto the codes."""
     maxq = 2**bits - 1
     if symmetric:
-        absmax = grouped.abs().amax(dim=2).clamp(min=1e-8)
-        scale = 2 * absmax / maxq
-        zero = torch.full_like(scale, float(2 ** (bits - 1)))
-    else:
-        wmin = grouped.amin(dim=2).clamp(max=0)
-        wmax = grouped.amax(dim=2).clamp(min=0)
-        scale = ((wmax - wmin) / maxq).clamp(min=1e-8)
-        zero = torch.round(-wmin / scale)
-    if fp16_scales:
-        scale = scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
-    return scale, zero
+        scale = 2 * high.clamp(min=1e-8) / maxq
+        return scale, torch.full_like(scale, float(2 ** (bits - 1)))
+    scale = ((high - low) / maxq).clamp(min=1e-8)
+    return scale, torch.round(-low / scale)
+
+
+def _fp16(scale: torch.Tensor) -> torch.Tensor:
+    """Scales rounded to fp16 as checkpoints store them (kept above fp16's smallest normal)."""
+    return scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
 
 
 def group_params_fp16(
@@ -107,15 +124,13 @@ def clipped_group_params_fp16(
     cw = torch.zeros(n_groups * group)  # the ragged last group's padding does not count
     cw[:in_features] = 1.0 if column_weight is None else column_weight.float()
     cw = cw.reshape(1, n_groups, group)
-    if symmetric:
-        low, high = -grouped.abs().amax(dim=2), grouped.abs().amax(dim=2)
-    else:
-        low, high = grouped.amin(dim=2).clamp(max=0), grouped.amax(dim=2).clamp(min=0)
+    low, high = _group_range(grouped, symmetric)
     work = torch.empty_like(grouped)
 
     def candidate(shrink: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scale, zero, weighted squared error) of the range scaled by ``shrink``."""
         scale, zero = _range_params(low * shrink, high * shrink, bits, symmetric)
+        scale = _fp16(scale)
         s, z = scale[..., None], zero[..., None]
         torch.div(grouped, s, out=work)
         work.round_().add_(z).clamp_(0, 2**bits - 1).sub_(z).mul_(s).sub_(grouped)
@@ -144,19 +159,19 @@ def rtn_group_params(
     return clipped_group_params_fp16(weight, bits, group, symmetric, steps=RTN_SEARCH_STEPS)
 
 
-def _range_params(
-    low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool
+def _rtn_params(
+    w: torch.Tensor,
+    bits: int,
+    group: int,
+    symmetric: bool,
+    *,
+    search: bool,
+    fp16_scales: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp16-rounded (scale, zero) mapping [low, high] (low = -high when symmetric) onto the codes,
-    as ``group_params`` does for a group's own range."""
-    maxq = 2**bits - 1
-    if symmetric:
-        scale = (2 * high / maxq).clamp(min=2e-8 / maxq)
-        zero = torch.full_like(scale, float(2 ** (bits - 1)))
-    else:
-        scale = ((high - low) / maxq).clamp(min=1e-8)
-        zero = torch.round(-low / scale)
-    return scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float(), zero
+    """RTN's group parameters: searched (fp16 scales) or min-max."""
+    if search:
+        return rtn_group_params(w, bits, group, symmetric)
+    return group_params(w, bits, group, symmetric, fp16_scales=fp16_scales)
 
 
 def quantize_with_params(
@@ -195,10 +210,7 @@ def quantize_rtn(
     ranges from ``rtn_group_params`` (fp16 scales), else min-max."""
     group = effective_group(group_size, weight.shape[1])
     w = weight.float() if keep_mask is None else weight.float() * keep_mask
-    if search:
-        scale, zero = rtn_group_params(w, bits, group, symmetric)
-    else:
-        scale, zero = group_params(w, bits, group, symmetric, fp16_scales=fp16_scales)
+    scale, zero = _rtn_params(w, bits, group, symmetric, search=search, fp16_scales=fp16_scales)
     codes = quantize_with_params(w, scale, zero, bits, group)
     if keep_mask is not None:
         zero_cols = zero.repeat_interleave(group, dim=1)[:, : w.shape[1]].to(codes.dtype)
@@ -222,10 +234,7 @@ def fake_quantize(
     w = weight.detach().float() if keep_mask is None else weight.detach().float() * keep_mask
     out_features, in_features = w.shape
     group = effective_group(option.group_size, in_features)
-    if search:
-        scale, zero = rtn_group_params(w, option.bits, group, option.symmetric)
-    else:
-        scale, zero = group_params(w, option.bits, group, option.symmetric, fp16_scales=True)
+    scale, zero = _rtn_params(w, option.bits, group, option.symmetric, search=search)
     x = _grouped(w, group)
     maxq = 2**option.bits - 1
     codes = torch.clamp(torch.round(x / scale[..., None]) + zero[..., None], 0, maxq)
