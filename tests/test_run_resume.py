@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from allocator.pipeline import RunSettings, run
 from tests.helpers import sample_text, save_tiny_model
 
@@ -68,9 +70,12 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     assert not list(out.glob("**/*.tmp*")), "an interrupted write left a temp file behind"
 
 
-def test_new_quantizer_revision_reapplies(tmp_path: Path, monkeypatch) -> None:
-    """A finished run resumed by code whose quantizers changed (``allocator.quant.REVISION``)
-    profiles, applies and evaluates again instead of loading what the old quantizers made."""
+@pytest.mark.parametrize("changed", ["quantizers", "apply"])
+def test_new_quantizer_revision_reapplies(tmp_path: Path, monkeypatch, changed: str) -> None:
+    """A finished run resumed by code whose quantizers changed (``allocator.quant.REVISION``,
+    which ``APPLY_REVISION`` contains) profiles, applies and evaluates again instead of loading
+    what the old quantizers made; when only apply changed (``APPLY_REVISION``), the profile
+    table is kept and the plan applied and evaluated again."""
     import allocator.pipeline as pipeline
     import allocator.pipeline.stages as stages
 
@@ -84,10 +89,14 @@ def test_new_quantizer_revision_reapplies(tmp_path: Path, monkeypatch) -> None:
     run(settings, out, progress=False, log=same.append)
     assert any(m.startswith("evaluate: results.json is up to date") for m in same)
 
-    monkeypatch.setattr(pipeline, "QUANT_REVISION", pipeline.QUANT_REVISION + 1)
-    monkeypatch.setattr(stages, "QUANT_REVISION", stages.QUANT_REVISION + 1)
+    if changed == "quantizers":
+        monkeypatch.setattr(stages, "QUANT_REVISION", stages.QUANT_REVISION + 1)
+    monkeypatch.setattr(pipeline, "APPLY_REVISION", pipeline.APPLY_REVISION + "-next")
+    monkeypatch.setattr(stages, "APPLY_REVISION", stages.APPLY_REVISION + "-next")
     logs: list[str] = []
     run(settings, out, progress=False, log=logs.append)
-    redone = ("profile: table.json", "apply plan: checkpoint", "evaluate: results.json")
+    redone = ("apply plan: checkpoint", "evaluate: results.json")
     assert not any(m.startswith(redone) and "up to date" in m for m in logs)
     assert any(m.startswith("apply plan: gptq in") for m in logs)
+    kept = any(m.startswith("profile: table.json is up to date") for m in logs)
+    assert kept == (changed == "apply")

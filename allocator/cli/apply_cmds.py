@@ -17,6 +17,7 @@ import typer
 
 from allocator.cli import scale_opts
 from allocator.pipeline.tasks import load_any, read_text
+from allocator.quant import DEFAULT_CALIBRATION, check_calibration
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +64,14 @@ def register(app: typer.Typer) -> None:
         act_order: Annotated[
             bool, typer.Option("--act-order/--no-act-order", help="GPTQ act-order")
         ] = True,
+        calibration: Annotated[
+            str,
+            typer.Option(
+                "--calibration",
+                help="what GPTQ/SparseGPT calibrate each layer on: plain, sequential or "
+                "asymmetric (allocator.quant.apply.CALIBRATIONS)",
+            ),
+        ] = DEFAULT_CALIBRATION,
         bos: Annotated[
             bool | None,
             typer.Option(
@@ -112,6 +121,7 @@ def register(app: typer.Typer) -> None:
 
         began = time.perf_counter()
         fmt = check_format(fmt, target, dtype)
+        check_calibration(calibration)
         loaded_plan = load_plan(plan)
         if fmt == "gguf":
             from allocator.deploy.gguf import apply_gguf
@@ -149,13 +159,14 @@ def register(app: typer.Typer) -> None:
                 )  # fmt: skip
                 blocks = _journal(journal or out.with_name(out.name + ".journal"), resume,
                                   windows, loaded_plan.content_hash(), loaded.model_hash,
-                                  method, act_order)  # fmt: skip
+                                  method, act_order, calibration)  # fmt: skip
             apply_plan(
                 loaded.model,
                 loaded_plan,
                 windows,
                 method=method,
                 act_order=act_order,
+                calibration=calibration,
                 progress=not quiet,
                 journal=blocks,
                 ray=ray,

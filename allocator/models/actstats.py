@@ -78,6 +78,31 @@ class ActStats:
         return self.norm_sum / max(self.n_tokens, 1)
 
 
+@dataclass
+class CrossStats:
+    """X^T Y / n of one linear layer: X its inputs in the original model, Y the same tokens'
+    inputs in the model being compressed (``allocator.quant.gptq.clean_target``)."""
+
+    in_features: int
+    xty: torch.Tensor = field(init=False)
+    n_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.xty = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
+
+    def add_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        xs = x.reshape(-1, x.shape[-1]).float()
+        ys = y.reshape(-1, y.shape[-1]).float()
+        for start in range(0, ys.shape[1], XTX_COLUMNS):
+            part = ys[:, start : start + XTX_COLUMNS]
+            self.xty[:, start : start + part.shape[1]] += (xs.T @ part).double().cpu()
+        self.n_tokens += ys.shape[0]
+
+    @property
+    def cross(self) -> torch.Tensor:
+        return (self.xty / max(self.n_tokens, 1)).float()
+
+
 def stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, ActStats]) -> list[Any]:
     """Forward pre-hooks accumulating each linear's input into ``stats[name]`` (remove them when
     done). Layers fed the same tensor share one ActStats, computed once; register them anew for

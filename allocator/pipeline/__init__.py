@@ -49,7 +49,7 @@ from allocator.pipeline.stages import (
     solve_stage,
     uniform_plan_for,
 )
-from allocator.quant import REVISION as QUANT_REVISION
+from allocator.quant import APPLY_REVISION
 from allocator.schema.io import atomic_write_text
 
 __all__ = [
@@ -89,7 +89,7 @@ def run(
     if settings.compare_llama:
         plans["llama"] = llama_plan_for(job)
     eval_key = _hash("eval", {n: p.content_hash() for n, p in plans.items()},
-                     settings.model_dump(), job.data_hash("eval"), QUANT_REVISION)  # fmt: skip
+                     settings.model_dump(), job.data_hash("eval"), APPLY_REVISION)  # fmt: skip
     if stages.done("evaluate", eval_key, "results.json", "plan.json"):
         log("evaluate: results.json is up to date, skipped")
         return json.loads((folder / "results.json").read_text())

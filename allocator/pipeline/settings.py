@@ -42,6 +42,11 @@ class RunSettings(BaseModel):
     seq_len: int = Field(default=512, ge=8, description="tokens per calibration/evaluation window")
     solver: str = Field(default="auto", description="solver backend (allocator solvers), or auto")
     method: str = Field(default="gptq", description="quantizer method (allocator methods)")
+    calibration: Literal["plain", "sequential", "asymmetric"] = Field(
+        default="asymmetric",
+        description="what GPTQ/SparseGPT calibrate each layer on: the block as it was (plain), "
+        "its compressed earlier layers (sequential), or those aiming at the original outputs",
+    )
     refine_rounds: int = Field(
         default=0, ge=0, description="closed-loop refinement rounds (0 = off)"
     )

@@ -9,6 +9,7 @@ from typing import Any
 from allocator.errors import AllocatorError
 from allocator.pipeline.job import Job, Stages
 from allocator.pipeline.settings import _hash
+from allocator.quant import APPLY_REVISION
 from allocator.quant import REVISION as QUANT_REVISION
 from allocator.schema import Constraints, Plan, SensitivityTable
 from allocator.schema.io import atomic_write_text, load_plan, load_table, save_plan, save_table
@@ -171,7 +172,8 @@ def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, s
     """The model compressed by ``plan`` and its key; the checkpoint goes to ``candidates/NAME``."""
     s = job.settings
     key = _hash("apply", plan.content_hash(), job.loaded.model_hash, s.method, s.quant_windows,
-                s.seq_len, s.seed, s.bos, job.data_hash("calib"), QUANT_REVISION)  # fmt: skip
+                s.seq_len, s.seed, s.bos, job.data_hash("calib"), APPLY_REVISION,
+                s.calibration)  # fmt: skip
     folder = f"candidates/{name}"
     checkpoint = _checkpoint_module()
     if checkpoint is not None and stages.done(f"apply:{name}", key, folder):
@@ -184,7 +186,7 @@ def apply_stage(job: Job, stages: Stages, plan: Plan, name: str) -> tuple[Any, s
     calib = job.windows("calib", s.quant_windows, s.seq_len)
     journal = ApplyJournal(stages.out / f"apply-{name}.journal", key, discard_other=True)
     model = apply_plan(job.fresh_model(), plan, calib, method=s.method, progress=job.progress,
-                       journal=journal, ray=s.ray)  # fmt: skip
+                       journal=journal, ray=s.ray, calibration=s.calibration)  # fmt: skip
     job.log(f"apply {name}: {s.method} in {time.perf_counter() - start:.1f}s")
     if checkpoint is not None:
         checkpoint.save_checkpoint(model, plan, stages.out / folder,

@@ -11,6 +11,8 @@ fp16 units stay nn.Linear with their weight rounded to fp16.
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,9 +23,11 @@ from allocator.errors import InputError, PlanCheckError
 from allocator.models.adapters import prepare_model
 from allocator.models.offload import keep_resident, release_kept
 from allocator.models.units import find_units
+from allocator.quant import DEFAULT_CALIBRATION, check_calibration
 from allocator.quant.apply_journal import ApplyJournal
 from allocator.quant.compress import check_option, compress, needs_hessian, uses_act_sq
 from allocator.quant.distributed import compress_many
+from allocator.quant.gptq import clean_target
 from allocator.quant.quant_linear import QuantLinear
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
@@ -124,6 +128,126 @@ def compress_unit(
     _replace(model, name, module)
 
 
+def _compress_stage(
+    model: nn.Module,
+    block: nn.Module,
+    linears: dict[str, nn.Linear],
+    options: dict[str, Option],
+    inputs: Any,
+    *,
+    act_order: bool,
+    pool: Any,
+    clean: tuple[dict[str, nn.Linear], nn.Module, Any] | None = None,
+) -> None:
+    """Compress ``linears`` of ``block`` on statistics of one pass over the block's inputs.
+
+    ``clean``: (the same layers of the original block, that block, its inputs in the original
+    model): GPTQ/SparseGPT then aim at the original outputs (``gptq.clean_target``).
+    """
+    from allocator.models.actstats import ActStats, CrossStats, stat_hooks
+
+    stats: dict[str, Any] = {}
+    cross: dict[str, CrossStats | None] = {}
+    if any(any(_needs(options[n])) for n in linears):
+        pairs = zip(inputs, clean[2], strict=True) if clean else ((b, None) for b in inputs)
+        for (hidden, call), original_batch in pairs:
+            hooks = stat_hooks(linears, stats)
+            if clean is not None and original_batch is not None:
+                originals, original_block, _ = clean
+                hooks += _cross_hooks(linears, originals, cross, original_block, original_batch)
+            hooks += _stop_once_read(linears)
+            try:
+                with contextlib.suppress(_StageRead):
+                    call(block, hidden)
+            finally:
+                for handle in hooks:
+                    handle.remove()
+    for name in linears:
+        if stats.get(name) is None and _needs(options[name])[0]:  # an expert no token reached
+            stats[name] = ActStats(linears[name].in_features)  # empty H: GPTQ rounds to nearest
+        pair = cross.get(name)
+        if _needs(options[name])[0] and pair is not None and pair.n_tokens == stats[name].n_tokens:
+            weight = linears[name].weight
+            target = clean_target(weight.detach().float(), pair.cross, stats[name].hessian_fp32)
+            weight.data = target.to(weight.dtype)
+    done = compress_many(pool, linears, options, stats, act_order)  # Ray: in parallel
+    for name in linears:
+        if name in done:
+            compress_unit(model, name, options[name], compressed=done.pop(name))
+            continue
+        stat = stats.get(name)
+        hessian = None if stat is None else stat.hessian_fp32
+        act_sq = None if stat is None else stat.act_sq.float()
+        compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
+
+
+class _StageRead(Exception):
+    """Every layer of a stage has read its input: the rest of the block's forward is not needed."""
+
+
+def _stop_once_read(linears: dict[str, nn.Linear]) -> list[Any]:
+    """Forward pre-hooks (registered after the ones that record inputs) that end one forward of
+    the block once every layer of ``linears`` has been called; where one is not (an MoE expert
+    no token reached), the forward runs to its end."""
+    waiting = set(linears)
+
+    def make(name: str) -> Any:
+        def hook(_module: nn.Module, _args: tuple[Any, ...]) -> None:
+            waiting.discard(name)
+            if not waiting:
+                raise _StageRead
+
+        return hook
+
+    return [m.register_forward_pre_hook(make(n)) for n, m in linears.items()]
+
+
+def _cross_hooks(
+    linears: dict[str, nn.Linear],
+    originals: dict[str, nn.Linear],
+    cross: dict[str, Any],  # name -> CrossStats, or None: left out
+    original_block: nn.Module,
+    original_batch: tuple[torch.Tensor, Any],
+) -> list[Any]:
+    """Runs the original block on its batch, keeping each layer's input X, and returns hooks that
+    add X^T Y for the input Y each layer then receives; a layer whose tokens differ between the
+    two (an MoE expert routed otherwise) is left out for good."""
+    from allocator.models.actstats import CrossStats
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(name, args[0])
+
+        return hook
+
+    handles = [originals[n].register_forward_pre_hook(keep(n)) for n in linears]
+    handles += _stop_once_read({n: originals[n] for n in linears})
+    try:
+        hidden, call = original_batch
+        with contextlib.suppress(_StageRead):
+            call(original_block, hidden)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def add(name: str) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            x, y = seen.get(name), args[0]
+            if cross.get(name, True) is None:
+                return
+            if x is None or x.shape != y.shape:
+                cross[name] = None
+                return
+            acc = cross.setdefault(name, CrossStats(linears[name].in_features))
+            acc.add_batch(x, y)
+
+        return hook
+
+    return [m.register_forward_pre_hook(add(n)) for n, m in linears.items()]
+
+
 @torch.no_grad()
 def _apply_blockwise(
     model: nn.Module,
@@ -135,9 +259,19 @@ def _apply_blockwise(
     progress: bool,
     journal: ApplyJournal | None = None,
     pool: Any = None,
+    sequential: bool,
+    asymmetric: bool,
 ) -> set[str]:
-    """Sequential block-by-block compression; returns the names it handled."""
-    from allocator.models.actstats import ActStats, stat_hooks
+    """Sequential block-by-block compression; returns the names it handled.
+
+    ``sequential``: a block's layers are compressed in the stages of
+    ``allocator.models.layer_order`` (q/k/v, then o_proj on their compressed outputs, ...), each
+    calibrated on the block with the earlier stages compressed; else all on the original block.
+    ``asymmetric``: the original model's block inputs are carried along too, and GPTQ/SparseGPT
+    aim at each layer's original outputs (``gptq.clean_target``) instead of its own weight.
+    """
+    import copy
+
     from allocator.models.blocks import (
         check_replay,
         find_backbone,
@@ -145,11 +279,13 @@ def _apply_blockwise(
         record_block_calls,
         run_block,
     )
+    from allocator.models.layer_order import sequential_stages
 
     check_replay(model, calib_windows[:1, :64])
     backbone = find_backbone(model)
     prefix = backbone.prefix
     inputs = record_block_calls(backbone, calib_windows, batch_size)
+    clean_inputs = inputs if asymmetric else None
     handled: set[str] = set()
     bar = tqdm(total=len(backbone.layers), desc="apply", unit="block", disable=not progress)
     for index, block in enumerate(backbone.layers):
@@ -157,38 +293,30 @@ def _apply_blockwise(
         linears = {
             n: m for n, m in linear_children(block, f"{prefix}.{index}").items() if n in options
         }
+        original = copy.deepcopy(block) if clean_inputs is not None else None
         restored = journal is not None and journal.restore(index, model, list(linears))
         if not restored:
-            stats: dict[str, Any] = {}
-            if any(any(_needs(options[n])) for n in linears):
-                for hidden, call in inputs:
-                    hooks = stat_hooks(linears, stats)
-                    try:
-                        call(block, hidden)
-                    finally:
-                        for handle in hooks:
-                            handle.remove()
-            for name in linears:
-                stat = stats.get(name)
-                if stat is None and _needs(options[name])[0]:  # an expert no token was routed to
-                    stat = ActStats(linears[name].in_features)  # empty H: GPTQ rounds to nearest
-                    stats[name] = stat
-            done = compress_many(pool, linears, options, stats, act_order)  # Ray: in parallel
-            for name in linears:
-                stat = stats.get(name)
-                if name in done:
-                    compress_unit(model, name, options[name], compressed=done.pop(name))
-                    continue
-                hessian = None if stat is None else stat.hessian_fp32
-                act_sq = None if stat is None else stat.act_sq.float()
-                compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
-            del stats
+            stages = [list(linears)]
+            if sequential and any(any(_needs(options[n])) for n in linears):
+                first_hidden, first_call = next(iter(inputs))
+                stages = sequential_stages(linears, partial(first_call, block, first_hidden))
+            for stage in stages:
+                clean = None
+                if original is not None:
+                    inner = f"{prefix}.{index}."
+                    originals = {n: original.get_submodule(n.removeprefix(inner)) for n in stage}
+                    clean = (originals, original, clean_inputs)
+                _compress_stage(model, block, {n: linears[n] for n in stage}, options, inputs,
+                                act_order=act_order, pool=pool, clean=clean)  # fmt: skip
             if journal is not None:
                 journal.save(index, model, list(linears))
         handled.update(linears)
         del linears  # the replaced nn.Linear weights go now, not once the next block is loaded
         if index + 1 < len(backbone.layers):
+            if original is not None:
+                clean_inputs = run_block(original, clean_inputs)
             inputs = run_block(block, inputs)
+        del original
         bar.update(1)
     bar.close()
     return handled
@@ -205,6 +333,7 @@ def apply_plan(
     progress: bool = True,
     journal: ApplyJournal | None = None,
     ray: str | None = None,
+    calibration: str = DEFAULT_CALIBRATION,
 ) -> nn.Module:
     """Compress ``model`` in place by ``plan`` and return it.
 
@@ -214,7 +343,9 @@ def apply_plan(
     (``allocator.quant.apply_journal``). ``ray`` (``auto`` or a cluster address): the units of
     each block are compressed as parallel Ray tasks (``allocator.quant.distributed``). An
     offloaded model (``allocator.models.offload``) is compressed one block at a time.
+    ``calibration`` (``allocator.quant.CALIBRATIONS``) says what GPTQ/SparseGPT calibrate each layer on.
     """
+    check_calibration(calibration)
     from allocator.distributed.pool import pool_for
 
     pool = pool_for(ray)
@@ -237,6 +368,8 @@ def apply_plan(
             progress=progress,
             journal=journal,
             pool=pool,
+            sequential=calibration != "plain",
+            asymmetric=calibration == "asymmetric",
         )
     rest = [n for n in options if n not in handled]
     done: dict[str, Any] = {}

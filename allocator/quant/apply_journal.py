@@ -119,12 +119,12 @@ class ApplyJournal:
 
 def apply_identity(*parts: object) -> str:
     """The identity of an apply job: a hash of what its compressed blocks depend on (the
-    quantizers' ``REVISION`` included: a journal of older code is not resumed)."""
+    ``APPLY_REVISION`` included: a journal of older code is not resumed)."""
     import hashlib
 
-    from allocator.quant import REVISION
+    from allocator.quant import APPLY_REVISION
 
-    text = json.dumps([str(part) for part in (*parts, REVISION)], separators=(",", ":"))
+    text = json.dumps([str(part) for part in (*parts, APPLY_REVISION)], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -204,3 +204,23 @@ def gptq_quantize(
     return QuantizedWeight(
         codes=codes.to(torch.uint8), scale=scale, zero=zero, bits=bits, group_size=group
     )
+
+
+def clean_target(
+    weight: torch.Tensor, cross: torch.Tensor, hessian: torch.Tensor, percdamp: float = 0.01
+) -> torch.Tensor:
+    """The weight whose outputs on the compressed model's inputs best match the original layer's
+    outputs on the original inputs (GPTAQ's asymmetric calibration, Li et al. 2025).
+
+    With X the original inputs and Y the compressed model's (rows are tokens), ``hessian`` =
+    Y^T Y / n and ``cross`` = X^T Y / n: minimizing ||Y Q^T - X W^T||^2 over Q equals minimizing
+    ||(Q - W') Y^T||^2 for W' = W X^T Y (Y^T Y)^-1, so GPTQ with H = Y^T Y quantizes W' instead
+    of W. Written as W' = W + W (X^T Y - Y^T Y)(Y^T Y + damp I)^-1, W' is W exactly when the
+    inputs agree; damp is ``percdamp`` * mean(diag H), as GPTQ's.
+    """
+    w = weight.double()
+    h = hessian.double()
+    damp = percdamp * torch.diagonal(h).mean().clamp_min(1e-12)
+    ridge = h + damp * torch.eye(h.shape[0], dtype=h.dtype)
+    shift = torch.linalg.solve(ridge, (w @ (cross.double() - h)).T).T
+    return (w + shift).to(weight.dtype)

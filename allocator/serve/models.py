@@ -134,6 +134,7 @@ class ApplySettings(Strict):
     seq_len: SeqLen = 512
     seed: int = 0
     act_order: bool = True
+    calibration: Literal["plain", "sequential", "asymmetric"] = "asymmetric"
     bos: bool | None = None
 
 

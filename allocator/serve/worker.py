@@ -126,6 +126,7 @@ def run_pareto(s: dict[str, Any], out: Path, status: Status) -> None:
 
 def run_apply(s: dict[str, Any], out: Path, status: Status) -> None:
     from allocator.pipeline.tasks import calibration_windows, load_any
+    from allocator.quant import DEFAULT_CALIBRATION
     from allocator.quant.apply import apply_plan
     from allocator.quant.checkpoint import save_checkpoint
     from allocator.schema.plan import Plan
@@ -138,7 +139,8 @@ def run_apply(s: dict[str, Any], out: Path, status: Status) -> None:
         seq_len=s["seq_len"], seed=s["seed"], bos=s["bos"],
     )  # fmt: skip
     status("apply", 0.2, 0.7)
-    apply_plan(loaded.model, plan, windows, method=s["method"], act_order=s["act_order"])
+    apply_plan(loaded.model, plan, windows, method=s["method"], act_order=s["act_order"],
+               calibration=s.get("calibration", DEFAULT_CALIBRATION))  # fmt: skip
     status("save", 0.9)
     sizes = save_checkpoint(loaded.model, plan, out / "checkpoint", tokenizer=loaded.tokenizer)
     atomic_write_text(out / "sizes.json", json.dumps(sizes.__dict__, default=str, indent=1))

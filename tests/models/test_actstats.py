@@ -30,3 +30,20 @@ def test_fp32_hessian_equals_the_rounded_fp64_one() -> None:
     stats = ActStats(width)
     stats.add_batch(torch.randn(40, width))
     assert torch.equal(stats.hessian_fp32, stats.hessian.float())
+
+
+def test_cross_statistics_equal_x_transpose_y() -> None:
+    """X^T Y / n over batches, sliced like X^T X (wider than one slice)."""
+    from allocator.models.actstats import CrossStats
+
+    torch.manual_seed(2)
+    width = XTX_COLUMNS + 11
+    xs = [torch.randn(2, 30, width), torch.randn(25, width)]
+    ys = [x + 0.1 * torch.randn_like(x) for x in xs]
+    stats = CrossStats(width)
+    for x, y in zip(xs, ys, strict=True):
+        stats.add_batch(x, y)
+    rows_x = torch.cat([x.reshape(-1, width) for x in xs]).double()
+    rows_y = torch.cat([y.reshape(-1, width) for y in ys]).double()
+    torch.testing.assert_close(stats.cross, (rows_x.T @ rows_y / 85).float(), rtol=1e-5, atol=1e-6)
+    assert stats.n_tokens == 85

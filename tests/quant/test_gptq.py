@@ -133,3 +133,29 @@ def test_gptq_needs_a_hessian(weight):
         compress(weight, Option.parse("b4-g128@gptq"))
     with pytest.raises(InputError, match="Hessian shape"):
         compress(weight, Option.parse("b4-g128@gptq"), torch.eye(10))
+
+
+def test_clean_target_is_the_weight_when_inputs_agree(weight, activations):
+    from allocator.quant.gptq import clean_target
+
+    _, hessian = activations
+    torch.testing.assert_close(clean_target(weight, hessian, hessian), weight)
+
+
+def test_clean_target_is_the_least_squares_weight_for_shifted_inputs():
+    """W' minimizes ||Y W'^T - X W^T|| (X original inputs, Y compressed ones): equal to lstsq up
+    to the damping, and its output error below keeping W."""
+    from allocator.quant.gptq import clean_target
+
+    torch.manual_seed(3)
+    tokens, width, out = 4000, 48, 24
+    x = torch.randn(tokens, width) @ torch.randn(width, width) / width**0.5
+    y = x + 0.2 * torch.randn(tokens, width)  # the inputs after upstream compression
+    w = torch.randn(out, width)
+    hessian, cross = y.T @ y / tokens, x.T @ y / tokens
+    target = clean_target(w, cross, hessian, percdamp=1e-6)
+    exact = torch.linalg.lstsq(y.double(), (x @ w.T).double()).solution.T.float()
+    torch.testing.assert_close(target, exact, rtol=1e-3, atol=1e-3)
+    kept = float((y @ w.T - x @ w.T).norm())
+    aimed = float((y @ target.T - x @ w.T).norm())
+    assert aimed < 0.95 * kept  # independent noise in Y: most of the error is irreducible
