@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from allocator.pipeline import RunSettings, run
+from allocator.quant import APPLY_REVISION
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "models"
@@ -46,7 +47,8 @@ def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
               "validation": results.get("validation"), "run_seconds": round(seconds, 1),
               "eval_windows": results.get("eval_windows"), "seq_len": results.get("seq_len"),
               "bos": results.get("bos"),
-              "calibrate_options": settings.calibrate_options}  # fmt: skip
+              "calibrate_options": settings.calibrate_options,
+              "calibration": settings.calibration, "apply_revision": APPLY_REVISION}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -65,6 +67,8 @@ def markdown(records: list[dict[str, object]]) -> str:
             lines.append(
                 f"| {row['method']} | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | {kl} |"
             )
+        lines += ["", f"GPTQ calibration: {rec.get('calibration', 'plain')} (apply revision "
+                      f"{rec.get('apply_revision', '2')})."]  # fmt: skip
         if rec.get("calibrate_options"):
             lines += [
                 "",

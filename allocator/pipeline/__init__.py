@@ -100,21 +100,17 @@ def run(
     chosen = "plan"
     if settings.validate_plan and "uniform" in candidates:
         judged = ["plan", "uniform"]
-        validation = validate_stage(job, stages, {n: candidates[n] for n in judged},
-                                    {n: keys[n] for n in judged},
-                                    {n: predicted_loss(table, plans[n]) for n in judged})  # fmt: skip
-        chosen = validation["chosen"]
-        near = near_uniform_plan_for(job, stages, table, plans) if chosen != "plan" else None
+        near = near_uniform_plan_for(job, stages, table, plans)
         if near is not None:
             plans["near_uniform"] = near
             candidates["near_uniform"], keys["near_uniform"] = apply_stage(
                 job, stages, near, "near_uniform"
             )
             judged.append("near_uniform")
-            validation = validate_stage(job, stages, {n: candidates[n] for n in judged},
-                                        {n: keys[n] for n in judged},
-                                        {n: predicted_loss(table, plans[n]) for n in judged})  # fmt: skip
-            chosen = validation["chosen"]
+        validation = validate_stage(job, stages, {n: candidates[n] for n in judged},
+                                    {n: keys[n] for n in judged},
+                                    {n: predicted_loss(table, plans[n]) for n in judged})  # fmt: skip
+        chosen = validation["chosen"]
     install_choice(stages, chosen, plans[chosen])
     if not settings.compare_uniform and chosen == "plan":
         candidates.pop("uniform", None)

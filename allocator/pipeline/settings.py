@@ -77,9 +77,9 @@ class RunSettings(BaseModel):
     validate_windows: int = Field(
         default=8, ge=1, description="held-out calibration windows to validate on"
     )
-    retry_near_uniform: bool = Field(
+    near_uniform: bool = Field(
         default=True,
-        description="when validation rejects the plan, also try a dense plan near uniform",
+        description="validation also measures the table re-solved on dense options near uniform",
     )
     bos: bool | None = Field(
         default=None, description="start windows with BOS (default: as the tokenizer does)"

@@ -127,10 +127,10 @@ def llama_plan_for(job: Job) -> Plan:
 def near_uniform_plan_for(
     job: Job, stages: Stages, table: SensitivityTable, plans: dict[str, Plan]
 ) -> Plan | None:
-    """The second candidate when the plan measured no better than uniform: the same table
-    re-solved on options near the uniform setting (``allocator.refine.near_uniform_table``).
+    """The third candidate validation measures: the same table re-solved on options near the
+    uniform setting (``allocator.refine.near_uniform_table``), where its estimates hold best.
     ``None`` when switched off or when it would repeat an existing candidate."""
-    if not job.settings.retry_near_uniform or "uniform" not in plans:
+    if not job.settings.near_uniform or "uniform" not in plans:
         return None
     from allocator.refine import near_uniform_table
     from allocator.solve.api import solve
