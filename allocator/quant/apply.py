@@ -29,6 +29,7 @@ from allocator.quant.compress import check_option, compress, needs_hessian, uses
 from allocator.quant.distributed import compress_many
 from allocator.quant.gptq import clean_target
 from allocator.quant.quant_linear import QuantLinear
+from allocator.quant.stage_hooks import StageRead, cross_hooks, stop_once_read
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
 
@@ -154,10 +155,10 @@ def _compress_stage(
             hooks = stat_hooks(linears, stats)
             if clean is not None and original_batch is not None:
                 originals, original_block, _ = clean
-                hooks += _cross_hooks(linears, originals, cross, original_block, original_batch)
-            hooks += _stop_once_read(linears)
+                hooks += cross_hooks(linears, originals, cross, original_block, original_batch)
+            hooks += stop_once_read(linears)
             try:
-                with contextlib.suppress(_StageRead):
+                with contextlib.suppress(StageRead):
                     call(block, hidden)
             finally:
                 for handle in hooks:
@@ -179,73 +180,6 @@ def _compress_stage(
         hessian = None if stat is None else stat.hessian_fp32
         act_sq = None if stat is None else stat.act_sq.float()
         compress_unit(model, name, options[name], hessian, act_sq, act_order=act_order)
-
-
-class _StageRead(Exception):
-    """Every layer of a stage has read its input: the rest of the block's forward is not needed."""
-
-
-def _stop_once_read(linears: dict[str, nn.Linear]) -> list[Any]:
-    """Forward pre-hooks (registered after the ones that record inputs) that end one forward of
-    the block once every layer of ``linears`` has been called; where one is not (an MoE expert
-    no token reached), the forward runs to its end."""
-    waiting = set(linears)
-
-    def make(name: str) -> Any:
-        def hook(_module: nn.Module, _args: tuple[Any, ...]) -> None:
-            waiting.discard(name)
-            if not waiting:
-                raise _StageRead
-
-        return hook
-
-    return [m.register_forward_pre_hook(make(n)) for n, m in linears.items()]
-
-
-def _cross_hooks(
-    linears: dict[str, nn.Linear],
-    originals: dict[str, nn.Linear],
-    cross: dict[str, Any],  # name -> CrossStats, or None: left out
-    original_block: nn.Module,
-    original_batch: tuple[torch.Tensor, Any],
-) -> list[Any]:
-    """Runs the original block on its batch, keeping each layer's input X, and returns hooks that
-    add X^T Y for the input Y each layer then receives; a layer whose tokens differ between the
-    two (an MoE expert routed otherwise) is left out for good."""
-    from allocator.models.actstats import CrossStats
-
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            seen.setdefault(name, args[0])
-
-        return hook
-
-    handles = [originals[n].register_forward_pre_hook(keep(n)) for n in linears]
-    handles += _stop_once_read({n: originals[n] for n in linears})
-    try:
-        hidden, call = original_batch
-        with contextlib.suppress(_StageRead):
-            call(original_block, hidden)
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    def add(name: str) -> Any:
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            x, y = seen.get(name), args[0]
-            if cross.get(name, True) is None:
-                return
-            if x is None or x.shape != y.shape:
-                cross[name] = None
-                return
-            acc = cross.setdefault(name, CrossStats(linears[name].in_features))
-            acc.add_batch(x, y)
-
-        return hook
-
-    return [m.register_forward_pre_hook(add(n)) for n, m in linears.items()]
 
 
 @torch.no_grad()
