@@ -211,3 +211,17 @@ def test_validation_measures_a_near_uniform_candidate(
                log=logs.append)  # fmt: skip
     assert more["chosen"] == "near_uniform" and more["rows"] != results["rows"]
     assert sum("checkpoint is up to date" in m for m in logs) == 3
+
+
+def test_rescale_to_method_rescales_the_table_and_re_profiles(tiny_model, tmp_path: Path) -> None:
+    out = tmp_path / "rescaled"
+    quiet = {"progress": False, "log": lambda _m: None}
+    base = _settings(tiny_model, validate_plan=False, compare_uniform=False)
+    run(base, out, **quiet)
+    plain = json.loads((out / "table.json").read_text())
+    assert "method_scaling" not in plain["provenance"]["settings"]
+    run(base.model_copy(update={"rescale_to_method": True}), out, **quiet)
+    rescaled = json.loads((out / "table.json").read_text())
+    report = rescaled["provenance"]["settings"]["method_scaling"]
+    assert report["method"] == "gptq" and report["factors"]
+    assert rescaled["losses"] != plain["losses"]

@@ -61,6 +61,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="'kl': calibrate the estimator per unit to measured KL points"),
         ] = None,
+        rescale_to: Annotated[
+            str | None,
+            typer.Option(
+                "--rescale-to",
+                help="scale the round-to-nearest losses to the error this method leaves "
+                "(gptq, sparsegpt), measured on sample units of each kind",
+            ),
+        ] = None,
         set_: Annotated[
             list[str] | None,
             typer.Option("--set", help="estimator setting key=value, e.g. reference=b3-g128"),
@@ -101,6 +109,7 @@ def register(app: typer.Typer) -> None:
             journal=journal_path,
             resume=resume,
             settings=settings,
+            rescale_to=rescale_to,
             offload=offload,
             offload_activations=offload_activations,
             ray=ray,

@@ -70,6 +70,11 @@ class RunSettings(BaseModel):
         default=False,
         description="correct each option's losses by measured KL on a few sample units",
     )
+    rescale_to_method: bool = Field(
+        default=False,
+        description="scale the table's round-to-nearest losses to the error --method leaves "
+        "(GPTQ/SparseGPT) per projection kind; measured worse on SmolLM2, off by default",
+    )
     validate_plan: bool = Field(
         default=True,
         description="measure plan vs uniform on held-out calibration windows; keep the better",

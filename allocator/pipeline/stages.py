@@ -20,6 +20,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
     key = _hash(
         "profile", s.model, s.estimator, s.options, s.profile_windows, s.profile_seq_len,
         s.seed, s.bos, s.calibrate_options, job.data_hash("calib"), QUANT_REVISION,
+        *([s.method] if s.rescale_to_method else []),
     )  # fmt: skip
     if stages.done("profile", key, "table.json"):
         job.log("profile: table.json is up to date, skipped")
@@ -35,6 +36,7 @@ def profile_stage(job: Job, stages: Stages) -> SensitivityTable:
         s.options,
         bos=s.bos,
         calibrate_options=s.calibrate_options and job.task == "causal_lm",
+        rescale_to=s.method if s.rescale_to_method else None,
         windows=s.profile_windows,
         seq_len=s.profile_seq_len,
         seed=s.seed,

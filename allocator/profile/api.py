@@ -88,6 +88,18 @@ def _windows(
     )
 
 
+def _rescaling_method(method: str | None, options: list[Option]) -> str | None:
+    """``method`` when it changes what the table's RTN options would measure, else None."""
+    if method is None:
+        return None
+    from allocator.profile.method_scaling import rescalable
+    from allocator.quant.compress import QUANT_METHODS
+
+    if not QUANT_METHODS.get(method).needs_hessian or not any(map(rescalable, options)):
+        return None
+    return method
+
+
 def _starts_with_bos(loaded: LoadedModel, ids: torch.Tensor) -> bool:
     bos = getattr(loaded.tokenizer, "bos_token_id", None)
     return bos is not None and bool((ids[:, 0] == bos).all())
@@ -124,6 +136,7 @@ def profile(
     settings: dict[str, Any] | None = None,
     bos: bool | None = None,
     calibrate_options: bool = False,
+    rescale_to: str | None = None,
     offload: bool = False,
     offload_activations: str | os.PathLike[str] | None = None,
     ray: str | None = None,
@@ -134,7 +147,9 @@ def profile(
     calibration novels. ``windows``/``seq_len`` default to the estimator's budget; ``bos``: start
     every window with BOS (default: when the tokenizer adds it). ``calibrate_options`` corrects
     each option's losses by measured single-unit KL on a few sample units
-    (``allocator.profile.option_calibration``). Journaled
+    (``allocator.profile.option_calibration``). ``rescale_to`` (a Hessian method: ``gptq``,
+    ``sparsegpt``) scales the round-to-nearest losses to the error that method leaves, measured
+    on sample units of each projection kind (``allocator.profile.method_scaling``). Journaled
     estimators (kl, hessian_kl, block_error) persist each unit to ``journal`` and skip the units
     already there when ``resume`` is true.
 
@@ -196,6 +211,9 @@ def profile(
     }
     if calibrate_options:
         record["calibrate_options"] = True
+    rescaling = _rescaling_method(rescale_to, option_list)
+    if rescaling is not None:
+        record["rescale_to"] = rescaling
     if "imatrix" in extra:
         record["imatrix"] = True
     digest = settings_hash({**record, "model_hash": loaded.model_hash})
@@ -237,6 +255,12 @@ def profile(
         with torch.inference_mode(False):
             result, report = correct(ctx, result)
         record["option_calibration"] = report
+    if rescaling is not None:
+        from allocator.profile.method_scaling import rescale_to_method
+
+        with torch.inference_mode(False):
+            result, report = rescale_to_method(ctx, result, rescaling)
+        record["method_scaling"] = report
     release_kept(loaded.model)  # offloaded: what scores_to_losses / calibration kept
     record["seconds"] = round(time.perf_counter() - start, 2)
     provenance = Provenance(
