@@ -73,7 +73,7 @@ class RunSettings(BaseModel):
     rescale_to_method: bool = Field(
         default=False,
         description="scale the table's round-to-nearest losses to the error --method leaves "
-        "(GPTQ/SparseGPT) per projection kind; measured worse on SmolLM2, off by default",
+        "(GPTQ/SparseGPT) per projection kind; off: it measured worse on Gemma 3",
     )
     validate_plan: bool = Field(
         default=True,

@@ -3,8 +3,8 @@
 Estimators score an option by the weight error that round-to-nearest (and magnitude pruning)
 leave; ``apply`` runs GPTQ or SparseGPT, which leave far less, and not uniformly. Under a
 layer's input Hessian H the error GPTQ leaves is a different fraction of RTN's for each kind of
-projection (on SmolLM2 about 0.1-0.2 for q/k/o, 0.2-0.45 for v and the MLP), so a table scored
-by RTN makes the solver overpay for exactly the layers GPTQ repairs best.
+projection (on SmolLM2 about 0.1-0.2 for q/k/o, 0.2-0.35 for v and the MLP, more for sparse
+options), so a table scored by RTN may overpay for the layers GPTQ repairs best.
 
 Here, for a few sample units of each projection kind (spread over depth), the ratio
 
@@ -16,9 +16,9 @@ by the geometric mean of ``r`` over its kind's samples. The table's ranking of u
 kind and option is kept; what changes is how kinds and options compare. H comes from one pass
 over the first ``SCALING_WINDOWS`` profiling windows, kept for the sample units only.
 
-Off by default (``run --rescale-to-method``, ``profile --rescale-to gptq``): on SmolLM2 at 3.5
-bits it moved bits from attention to the MLP and the plan measured worse (README, Known gaps);
-the error GPTQ removes under H does not reach the loss in the same proportion.
+Off by default (``run --rescale-to-method``, ``profile --rescale-to gptq``): at 3.5 bits it
+improved SmolLM2's plans and made Gemma 3's worse than uniform (README, Known gaps); the error
+GPTQ removes under H does not reach the loss in the same proportion on every model.
 """
 
 from __future__ import annotations
