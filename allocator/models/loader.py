@@ -151,8 +151,9 @@ def resolve_model_source(spec: str | os.PathLike[str]) -> tuple[Path, str | None
 def _file_fingerprint(path: Path) -> str:
     """Cache key of a file by its bytes (not its path or mtime): every venv or clone that
     installs the same model package shares one cache entry instead of adding its own."""
-    stat = path.resolve().stat()
-    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)[:16]
+    real = path.resolve()
+    stat = real.stat()
+    return _sha256_of(str(real), stat.st_size, stat.st_mtime_ns)[:16]
 
 
 @functools.lru_cache(maxsize=32)
