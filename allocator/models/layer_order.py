@@ -59,6 +59,41 @@ def sequential_stages(
     A stage holds the layers whose inputs are ``k`` linear layers deep; a layer the traced
     forward did not call (an MoE expert no token was routed to) joins the last stage.
     """
+    return _trace(linears, forward)[0]
+
+
+class StageCache:
+    """``sequential_stages`` of a model's blocks, traced once per block class and layer names.
+
+    Blocks of one class with the same layers (by their names inside the block) have the same
+    stages, so a 30-block model is traced once, not 30 times (each trace is a full forward). A
+    trace that missed a layer (an MoE expert no token reached) is not kept.
+    """
+
+    def __init__(self) -> None:
+        self._stages: dict[tuple[Any, ...], list[list[str]]] = {}
+
+    def stages(
+        self, block: nn.Module, prefix: str, linears: dict[str, nn.Linear],
+        forward: Callable[[], Any],
+    ) -> list[list[str]]:  # fmt: skip
+        """Stages of ``linears`` (full names, each starting with ``prefix``) of ``block``."""
+        inner = {n: n.removeprefix(prefix) for n in linears}
+        key = (type(block), tuple(inner.values()))
+        known = self._stages.get(key)
+        if known is not None:
+            full = {rel: n for n, rel in inner.items()}
+            return [[full[rel] for rel in stage] for stage in known]
+        stages, complete = _trace(linears, forward)
+        if complete:
+            self._stages[key] = [[inner[n] for n in stage] for stage in stages]
+        return stages
+
+
+def _trace(
+    linears: dict[str, nn.Linear], forward: Callable[[], Any]
+) -> tuple[list[list[str]], bool]:
+    """(stages, whether the forward called every layer)."""
     mode = _DepthMode()
     stage: dict[str, int] = {}
 
@@ -93,4 +128,4 @@ def sequential_stages(
             stages[-1].extend(missing)
         else:
             stages.append(missing)
-    return stages
+    return stages, not missing

@@ -29,7 +29,7 @@ from allocator.quant.compress import check_option, compress, needs_hessian, uses
 from allocator.quant.distributed import compress_many
 from allocator.quant.gptq import clean_target
 from allocator.quant.quant_linear import QuantLinear
-from allocator.quant.stage_hooks import StageRead, cross_hooks, stop_once_read
+from allocator.quant.stage_hooks import OriginalInputs, StageRead, cross_hooks, stop_once_read
 from allocator.schema.option import Option
 from allocator.schema.plan import Plan
 
@@ -138,24 +138,23 @@ def _compress_stage(
     *,
     act_order: bool,
     pool: Any,
-    clean: tuple[dict[str, nn.Linear], nn.Module, Any] | None = None,
+    original: OriginalInputs | None = None,
 ) -> None:
     """Compress ``linears`` of ``block`` on statistics of one pass over the block's inputs.
 
-    ``clean``: (the same layers of the original block, that block, its inputs in the original
-    model): GPTQ/SparseGPT then aim at the original outputs (``gptq.clean_target``).
+    ``original``: the same layers' inputs in the original model; GPTQ/SparseGPT then aim at the
+    original outputs (``gptq.clean_target``).
     """
     from allocator.models.actstats import ActStats, CrossStats, stat_hooks
 
     stats: dict[str, Any] = {}
     cross: dict[str, CrossStats | None] = {}
     if any(any(_needs(options[n])) for n in linears):
-        pairs = zip(inputs, clean[2], strict=True) if clean else ((b, None) for b in inputs)
-        for (hidden, call), original_batch in pairs:
+        seen = original.batches(list(linears)) if original is not None else None
+        for hidden, call in inputs:
             hooks = stat_hooks(linears, stats)
-            if clean is not None and original_batch is not None:
-                originals, original_block, _ = clean
-                hooks += cross_hooks(linears, originals, cross, original_block, original_batch)
+            if seen is not None:
+                hooks += cross_hooks(linears, cross, next(seen))
             hooks += stop_once_read(linears)
             try:
                 with contextlib.suppress(StageRead):
@@ -213,7 +212,7 @@ def _apply_blockwise(
         record_block_calls,
         run_block,
     )
-    from allocator.models.layer_order import sequential_stages
+    from allocator.models.layer_order import StageCache
 
     check_replay(model, calib_windows[:1, :64])
     backbone = find_backbone(model)
@@ -221,34 +220,35 @@ def _apply_blockwise(
     inputs = record_block_calls(backbone, calib_windows, batch_size)
     clean_inputs = inputs if asymmetric else None
     handled: set[str] = set()
+    traced = StageCache()
     bar = tqdm(total=len(backbone.layers), desc="apply", unit="block", disable=not progress)
     for index, block in enumerate(backbone.layers):
         keep_resident(model, f"{prefix}.{index}", commit=True)  # offloaded: read, later written
         linears = {
             n: m for n, m in linear_children(block, f"{prefix}.{index}").items() if n in options
         }
-        original = copy.deepcopy(block) if clean_inputs is not None else None
+        original = None
+        if clean_inputs is not None:  # the block as it was, its layers' inputs and outputs
+            copied, inner = copy.deepcopy(block), f"{prefix}.{index}."
+            originals = {n: copied.get_submodule(n.removeprefix(inner)) for n in linears}
+            original = OriginalInputs(copied, originals, clean_inputs)
         restored = journal is not None and journal.restore(index, model, list(linears))
         if not restored:
             stages = [list(linears)]
             if sequential and any(any(_needs(options[n])) for n in linears):
                 first_hidden, first_call = next(iter(inputs))
-                stages = sequential_stages(linears, partial(first_call, block, first_hidden))
+                stages = traced.stages(block, f"{prefix}.{index}.", linears,
+                                       partial(first_call, block, first_hidden))  # fmt: skip
             for stage in stages:
-                clean = None
-                if original is not None:
-                    inner = f"{prefix}.{index}."
-                    originals = {n: original.get_submodule(n.removeprefix(inner)) for n in stage}
-                    clean = (originals, original, clean_inputs)
                 _compress_stage(model, block, {n: linears[n] for n in stage}, options, inputs,
-                                act_order=act_order, pool=pool, clean=clean)  # fmt: skip
+                                act_order=act_order, pool=pool, original=original)  # fmt: skip
             if journal is not None:
                 journal.save(index, model, list(linears))
         handled.update(linears)
         del linears  # the replaced nn.Linear weights go now, not once the next block is loaded
         if index + 1 < len(backbone.layers):
             if original is not None:
-                clean_inputs = run_block(original, clean_inputs)
+                clean_inputs = original.outputs()
             inputs = run_block(block, inputs)
         del original
         bar.update(1)

@@ -67,3 +67,54 @@ def test_every_layer_in_exactly_one_stage(family: str) -> None:
     named = [n for s in stages for n in s]
     assert len(named) == len(set(named)) == len(linears)
     assert len(stages) >= 2 and all(stages)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_moe"])
+def test_stage_cache_traces_each_kind_of_block_once(family: str) -> None:
+    """Blocks of one class with the same layers reuse the first trace (with their own names);
+    the stages equal each block's own trace."""
+    from allocator.models.layer_order import StageCache
+
+    model = tiny_model(family)
+    prepare_model(model)
+    backbone = find_backbone(model)
+    inputs = record_block_calls(backbone, tiny_ids(), batch_size=4)
+    cache, traces = StageCache(), []
+    for index, block in enumerate(backbone.layers):
+        prefix = f"{backbone.prefix}.{index}."
+        linears = linear_children(block, prefix.rstrip("."))
+        inputs.layer = index
+        hidden, call = next(iter(inputs))
+
+        def forward(call=call, block=block, hidden=hidden, index=index):
+            traces.append(index)
+            return call(block, hidden)
+
+        expected = sequential_stages(linears, partial(call, block, hidden))
+        assert cache.stages(block, prefix, linears, forward) == expected
+    kinds = {(type(b), tuple(sorted(n for n, _ in b.named_modules()))) for b in backbone.layers}
+    assert len(traces) == len(kinds) < len(backbone.layers)
+
+
+def test_stage_cache_keeps_no_trace_that_missed_a_layer() -> None:
+    """A trace in which a layer was not called (an MoE expert no token reached) is not reused."""
+    from allocator.models.layer_order import StageCache
+
+    model = tiny_model("llama")
+    backbone = find_backbone(model)
+    inputs = record_block_calls(backbone, tiny_ids(), batch_size=4)
+    hidden, call = next(iter(inputs))
+    block = backbone.layers[0]
+    linears = linear_children(block, f"{backbone.prefix}.0")
+    unused = torch.nn.Linear(4, 4)
+    linears_plus = {**linears, f"{backbone.prefix}.0.unused": unused}
+    cache, calls = StageCache(), []
+
+    def forward():
+        calls.append(1)
+        return call(block, hidden)
+
+    for _ in range(2):
+        stages = cache.stages(block, f"{backbone.prefix}.0.", linears_plus, forward)
+        assert f"{backbone.prefix}.0.unused" in stages[-1]
+    assert len(calls) == 2

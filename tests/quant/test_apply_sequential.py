@@ -88,6 +88,67 @@ def test_asymmetric_calibration_lowers_the_output_error():
     assert errors["asymmetric"] < 0.9 * errors["sequential"]
 
 
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_original_inputs_kept_in_one_pass_equal_the_per_stage_reruns(monkeypatch, family):
+    """In memory the original block runs once per batch and its layers' inputs are kept; with
+    hidden states in files it re-runs up to each stage instead. Both give the same model."""
+    import allocator.quant.stage_hooks as hooks
+    from tests.helpers import tiny_ids, tiny_model
+
+    ids = tiny_ids(n=6, seq_len=24)
+    weights, runs = {}, {}
+    for path in ("kept", "rerun"):
+        model = tiny_model(family)
+        calls = []
+        with monkeypatch.context() as patch:
+            if path == "rerun":
+                patch.setattr(hooks.OriginalInputs, "_capture", lambda self: None)
+            real_init = hooks.OriginalInputs.__init__
+
+            def counting(self, block, originals, inputs, _real=real_init, _calls=calls):
+                block.register_forward_pre_hook(lambda *_: _calls.append(1))
+                _real(self, block, originals, inputs)
+
+            patch.setattr(hooks.OriginalInputs, "__init__", counting)
+            apply_plan(model, uniform_plan(model, "b3-g32"), ids, method="gptq", progress=False,
+                       calibration="asymmetric", batch_size=3)  # fmt: skip
+        runs[path] = len(calls)
+        weights[path] = {n: m.dequantized_weight() for n, m in model.named_modules()
+                         if hasattr(m, "dequantized_weight")}  # fmt: skip
+    assert weights["kept"].keys() == weights["rerun"].keys() and weights["kept"]
+    for name, weight in weights["kept"].items():
+        torch.testing.assert_close(weight, weights["rerun"][name], rtol=0, atol=0)
+    n_blocks, n_batches = len(tiny_model(family).model.layers), 2
+    assert runs["kept"] == n_blocks * n_batches  # each original block once per batch
+    assert runs["rerun"] > 2 * runs["kept"]
+
+
+def test_layers_fed_one_input_share_one_cross_product(token_ids):
+    """q/k/v read the same X (original) and Y (compressed): X^T Y is formed once for the three."""
+    from allocator.models.actstats import CrossStats
+    from allocator.quant.stage_hooks import cross_hooks
+
+    model = make_tiny_llama()
+    attn = model.model.layers[0].self_attn
+    linears = {n: getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")}
+    cross: dict = {}
+    xs = [torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    ys = [x + 0.1 * torch.randn_like(x) for x in xs]
+    for x, y in zip(xs, ys, strict=True):
+        hooks = cross_hooks(linears, cross, dict.fromkeys(linears, x))
+        with torch.no_grad():
+            for layer in linears.values():
+                layer(y)
+        for handle in hooks:
+            handle.remove()
+    assert cross["q_proj"] is cross["k_proj"] is cross["v_proj"]
+    expected = CrossStats(64)
+    for x, y in zip(xs, ys, strict=True):
+        expected.add_batch(x, y)
+    torch.testing.assert_close(cross["q_proj"].xty, expected.xty)
+    assert cross["q_proj"].n_tokens == 20
+
+
 def test_unknown_calibration_is_refused(token_ids):
     from allocator.errors import InputError
 
