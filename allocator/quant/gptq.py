@@ -173,30 +173,37 @@ def gptq_quantize(
         if keep_mask is not None:
             keep_mask = keep_mask[:, perm]
     hinv = inverse_cholesky(h, percdamp)
-    codes = torch.zeros(out_features, cols)
+    # the sweep works on transposed copies: column j of W is the contiguous row j of wt
+    wt = w.T.contiguous()
+    codes_t = torch.zeros(cols, out_features)
+    mask_t = None if keep_mask is None else keep_mask.T.contiguous()
+    scale_t, zero_t = scale.T.contiguous(), zero.T.contiguous()
+    col_group = (perm // group).tolist()
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        w1 = w[:, i1:i2].clone()
+        w1 = wt[i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            g = int(perm[col]) // group
+            g = col_group[col]
             if not static and col % group == 0:
-                segment = _group_segment(w1, w, i, i2, col, group)
+                segment = _group_segment(w1.T, wt.T, i, i2, col, group)
                 weight_of = None if importance is None else importance[col : col + segment.shape[1]]
                 s, z = group_params(segment, bits, segment.shape[1], symmetric, weight_of)
-                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
-            q_codes, q = quantize_column(w1[:, i], scale[:, g], zero[:, g], maxq)
-            if keep_mask is not None:
-                pruned = ~keep_mask[:, col]
-                q_codes = torch.where(pruned, zero[:, g], q_codes)
+                scale_t[g], zero_t[g] = s[:, 0], z[:, 0]
+            q_codes, q = quantize_column(w1[i], scale_t[g], zero_t[g], maxq)
+            if mask_t is not None:
+                pruned = ~mask_t[col]
+                q_codes = torch.where(pruned, zero_t[g], q_codes)
                 q = torch.where(pruned, torch.zeros_like(q), q)
-            codes[:, col] = q_codes
-            err = (w1[:, i] - q) / hinv1[i, i]
-            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+            codes_t[col] = q_codes
+            err = (w1[i] - q) / hinv1[i, i]
+            w1[i:] -= hinv1[i, i:].unsqueeze(1) * err.unsqueeze(0)
+            err1[i] = err
+        wt[i2:] -= hinv[i1:i2, i2:].T @ err1
+    codes = codes_t.T
+    scale, zero = scale_t.T.contiguous(), zero_t.T.contiguous()
     if act_order:
         unpermuted = torch.empty_like(codes)
         unpermuted[:, perm] = codes
