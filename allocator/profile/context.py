@@ -43,6 +43,7 @@ class ProfileContext:
     _capture: Capture | None = None
     _states: list[BlockInputs] | None = None
     _block_stats: dict[str, ActStats] | None = None  # the block ``by_block`` is scoring
+    _masks: tuple[Any, dict[Any, torch.Tensor]] = (None, {})  # one unit's pruning masks
 
     def capture(self) -> Capture:
         """Per-linear input statistics over ``input_ids`` (computed on first use)."""
@@ -110,12 +111,22 @@ class ProfileContext:
         """The compressed weight of a unit under an option (Wanda/GPTQ use the capture)."""
         weight = self.module(unit).weight
         use = self.needs_stats() if with_stats is None else with_stats
+        masks = self._unit_masks(unit, weight, use)
         if use and (needs_hessian(option) or uses_act_sq(option)):
             stats = self.stats(unit)
             return compress_weight(
-                weight, option, hessian=stats.hessian_fp32, act_sq=stats.act_sq.float()
-            )
-        return compress_weight(weight, option)
+                weight, option, hessian=stats.hessian_fp32, act_sq=stats.act_sq.float(),
+                masks=masks,
+            )  # fmt: skip
+        return compress_weight(weight, option, masks=masks)
+
+    def _unit_masks(self, unit: Unit, weight: torch.Tensor, use: bool) -> dict[Any, torch.Tensor]:
+        """The memo of pruning masks for this unit's weight as it is now: the 20 options of one
+        sparsity share a mask, computed once (estimators score a unit's options in a row)."""
+        key = (unit.name, weight.data_ptr(), weight._version, use)
+        if self._masks[0] != key:
+            self._masks = (key, {})
+        return self._masks[1]
 
     @torch.no_grad()
     def clean_states(self, input_ids: torch.Tensor | None = None) -> list[BlockInputs]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -203,15 +203,26 @@ def compress_weight(
     option: Option,
     hessian: torch.Tensor | None = None,
     act_sq: torch.Tensor | None = None,
+    *,
+    masks: dict[Any, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The dequantized (and pruned) weight an option gives, in the weight's dtype.
 
     RTN options take ``fake_quantize``'s vectorized path (the same values as ``compress``, which
     also keeps the codes), several times faster: profiling compresses every unit per option.
+    ``masks``: a memo of pruning masks for this weight and ``act_sq`` (the caller keeps one per
+    unit), so options of one sparsity share a mask.
     """
     check_option(option)
     if not option.is_fp16 and method_of(option).run is _rtn:
         w = weight.detach().float()
-        mask = _mask_for(w, option, act_sq) if option.sparsity > 0 else None
+        mask = None
+        if option.sparsity > 0:
+            key = (option.method, option.sparsity_pattern, option.sparsity, option.nm)
+            mask = None if masks is None else masks.get(key)
+            if mask is None:
+                mask = _mask_for(w, option, act_sq)
+                if masks is not None:
+                    masks[key] = mask
         return fake_quantize(w, option, mask).to(weight.dtype)
     return compress(weight, option, hessian, act_sq).weight.to(weight.dtype)

@@ -71,3 +71,27 @@ def test_block_by_block_scoring_equals_the_whole_capture_and_keeps_one_block(tin
         assert estimator(streamed) == estimator(whole)
     assert streamed._capture is None  # nothing of the whole model was kept
     assert held == [7, 7, 7, 7]  # two estimators x two blocks, 7 linears each
+
+
+def test_context_masks_follow_the_unit_and_its_weight(tiny_model, tiny_ids):
+    """A unit's sparse options share a mask; another unit, or the same unit's weight changed
+    (block_error swaps weights in and out), gets masks of its own."""
+    from allocator.models.units import find_units
+    from allocator.profile.context import ProfileContext
+    from allocator.quant.compress import compress_weight
+    from allocator.schema.option import Option
+
+    options = [Option.parse(k) for k in ("b2-g32-s0.5", "b4-g32-s0.5", "b3-g32-2:4")]
+    ctx = ProfileContext(model=tiny_model, input_ids=tiny_ids, units=find_units(tiny_model),
+                         options=options, progress=False)  # fmt: skip
+    first, second = ctx.units[:2]
+    for unit in (first, second, first):
+        for option in options:
+            expected = compress_weight(ctx.module(unit).weight, option)
+            assert torch.equal(ctx.compress(unit, option, with_stats=False), expected)
+    module = ctx.module(first)
+    generator = torch.Generator().manual_seed(3)
+    module.weight.data = module.weight.data * torch.rand(module.weight.shape, generator=generator)
+    for option in options:
+        expected = compress_weight(module.weight, option)
+        assert torch.equal(ctx.compress(first, option, with_stats=False), expected)

@@ -88,3 +88,21 @@ def test_methods_registry_says_what_each_needs():
     assert uses_act_sq(Option.parse("b4-g128-2:4")) and not uses_act_sq(Option.parse("b4-g128"))
     assert not uses_act_sq(Option.parse("b4-g128-2:4@magnitude"))
     assert all(QUANT_METHODS.description(n) for n in QUANT_METHODS.names())
+
+
+def test_mask_memo_shares_one_mask_per_sparsity(monkeypatch, weight):
+    """With a memo, the options of one sparsity reuse one mask, and give the same weights."""
+    import allocator.quant.compress as compress_module
+    from allocator.profile.options import parse_options
+
+    options = parse_options("bits=2,3,4 group=64,c sparsity=0,2:4,0.5")
+    act_sq = torch.rand(weight.shape[1]) + 0.1
+    expected = {o.key: compress_weight(weight, o, act_sq=act_sq) for o in options}
+    calls = []
+    real = compress_module._mask_for
+    monkeypatch.setattr(compress_module, "_mask_for", lambda *a: calls.append(1) or real(*a))
+    memo: dict = {}
+    for option in options:
+        got = compress_weight(weight, option, act_sq=act_sq, masks=memo)
+        assert torch.equal(got, expected[option.key]), option.key
+    assert len(calls) == len(memo) == 2  # 2:4 and 50%
