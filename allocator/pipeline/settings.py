@@ -37,7 +37,7 @@ class RunSettings(BaseModel):
     profile_seq_len: int | None = Field(
         default=None, ge=8, description="profiling window length (estimator default)"
     )
-    quant_windows: int = Field(default=16, ge=1, description="GPTQ calibration windows")
+    quant_windows: int = Field(default=32, ge=1, description="GPTQ calibration windows")
     eval_windows: int = Field(default=32, ge=1, description="evaluation windows")
     seq_len: int = Field(default=512, ge=8, description="tokens per calibration/evaluation window")
     solver: str = Field(default="auto", description="solver backend (allocator solvers), or auto")
