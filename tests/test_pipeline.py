@@ -52,6 +52,7 @@ def test_run_writes_every_output_and_fits_the_budget(tiny_model, tmp_path: Path)
     assert methods[0] == "unmodified" and methods[1].startswith("plan")
     assert results["validation"]["chosen"] in ("plan", "uniform")
     assert set(results["validation"]["measured_kl"]) == {"plan", "uniform"}
+    assert results["validation"]["overlapping_windows"] == 0  # clear of profiling and GPTQ's
     assert (out / "checkpoint").is_dir()
     assert methods[2].startswith("uniform")
     assert results["rows"][2]["avg_bits"] <= 3.5 + 1e-9

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from allocator.errors import InputError
@@ -28,6 +30,7 @@ def token_windows(
     contiguous: bool = False,
     bos: bool | None = None,
     holdout: bool = False,
+    avoid: Sequence[Draw] = (),
 ) -> Any:
     """Return a LongTensor (n, seq_len) of token windows from the text.
 
@@ -38,7 +41,41 @@ def token_windows(
     ``seq_len - 1`` text tokens, the input such models always see; the window's first text
     token is then predicted and scored, as in llama.cpp's perplexity. ``holdout=True`` takes
     random windows from the other end of the same permutation: disjoint from the calibration
-    windows of the same seed while the two counts together fit the text.
+    windows of the same seed while the two counts together fit the text; ``avoid`` names
+    other random draws of this text and seed (``Draw``: windows and their length, e.g. the
+    profiler's) whose tokens held-out windows also keep clear of (``holdout_windows``).
+    """
+    return holdout_windows(
+        tokenizer, text, seq_len=seq_len, n_windows=n_windows, seed=seed,
+        contiguous=contiguous, bos=bos, holdout=holdout, avoid=avoid,
+    )[0]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Draw:
+    """A random draw of ``n_windows`` windows of ``seq_len`` tokens (same text, seed and BOS
+    rule); ``n_windows=None``: every window."""
+
+    n_windows: int | None
+    seq_len: int
+
+
+def holdout_windows(
+    tokenizer: Any,
+    text: str,
+    *,
+    seq_len: int,
+    n_windows: int | None,
+    seed: int = 0,
+    contiguous: bool = False,
+    bos: bool | None = None,
+    holdout: bool = True,
+    avoid: Sequence[Draw] = (),
+) -> tuple[Any, int]:
+    """``token_windows`` and how many of the windows share tokens with a draw in ``avoid``.
+
+    Held-out windows are the chunks at the far end of the permutation whose tokens no avoided
+    draw uses; only when too few such chunks exist are overlapping ones taken (counted).
     """
     import torch
 
@@ -55,20 +92,44 @@ def token_windows(
         )
     n = available if n_windows is None else min(n_windows, available)
     chunks = ids[: available * body].view(available, body)
+    overlapping = 0
     if contiguous:
         chosen = chunks[:n]
     else:
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(available, generator=generator)
-        order = order[available - n :] if holdout else order[:n]
-        chosen = chunks[order.sort().values]
+        order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
+        if holdout:
+            order = order.flip(0)
+            used = _used_tokens(ids.numel(), avoid, seed, use_bos)
+            if used is not None:
+                busy = used[: available * body].view(available, body).any(dim=1)[order]
+                order = torch.cat([order[~busy], order[busy]])
+                overlapping = max(n - int((~busy).sum()), 0)
+        chosen = chunks[order[:n].sort().values]
     if use_bos:
         prefix = torch.full((chosen.shape[0], 1), int(tokenizer.bos_token_id), dtype=chosen.dtype)
         chosen = torch.cat([prefix, chosen], dim=1)
     chosen = chosen.clone()
     del ids, chunks
     return_freed_memory()  # the whole text's encoding (160 MB for a 1.4M-character text)
-    return chosen
+    return chosen, overlapping
+
+
+def _used_tokens(n_tokens: int, draws: Sequence[Draw], seed: int, use_bos: bool) -> Any:
+    """Bool per token of the text: used by one of the random ``draws`` (None without draws)."""
+    import torch
+
+    if not draws:
+        return None
+    used = torch.zeros(n_tokens, dtype=torch.bool)
+    for draw in draws:
+        body = draw.seq_len - 1 if use_bos else draw.seq_len
+        available = n_tokens // body if body > 0 else 0
+        if available < 1:
+            continue
+        n = available if draw.n_windows is None else min(draw.n_windows, available)
+        order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
+        used[: available * body].view(available, body)[order] = True
+    return used
 
 
 def text_hash(text: str) -> str:

@@ -86,7 +86,7 @@ class Job:
                 self._texts[which] = corpus.default_evaluation_text()
         return self._texts[which]
 
-    def windows(self, which: str, n: int, seq_len: int, *, holdout: bool = False) -> Any:
+    def windows(self, which: str, n: int, seq_len: int) -> Any:
         from allocator.models.windows import token_windows
 
         return token_windows(
@@ -97,7 +97,6 @@ class Job:
             seed=self.settings.seed,
             contiguous=which == "eval",
             bos=self.settings.bos,
-            holdout=holdout,
         )
 
     def data_hash(self, which: str) -> str:

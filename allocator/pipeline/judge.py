@@ -24,7 +24,8 @@ def validate_stage(
     and windows are not measured again. Writes ``validation.json``."""
     s = job.settings
     window_key = _hash("validate", s.validate_windows, s.seq_len, s.seed, s.bos,
-                       job.data_hash("calib"))  # fmt: skip
+                       job.data_hash("calib"), "clear of", s.quant_windows, s.estimator,
+                       s.profile_windows, s.profile_seq_len)  # fmt: skip
     path = stages.out / "validation.json"
     known: dict[str, Any] = {}
     if path.is_file():
@@ -42,13 +43,14 @@ def validate_stage(
             kl[name] = entry.get("measured")
         else:
             todo[name] = model
-    ids = job.windows("calib", s.validate_windows, s.seq_len, holdout=True)
+    ids, overlapping = validation_windows(job)
     if todo:
         kl.update(_measure(job, stages, todo, ids))
     chosen = _best(kl)
     record = {
         "windows": int(ids.shape[0]),
         "seq_len": int(ids.shape[1]),
+        "overlapping_windows": overlapping,
         "window_key": window_key,
         "metric": "1 - cosine" if job.task == "embedding" else "mean KL",
         "predicted_loss": predicted.get("plan"),
@@ -65,6 +67,27 @@ def validate_stage(
     job.log(f"validate: held-out calibration {record['metric']} (predicted -> measured) " + ", ".join(
         f"{n} {_fmt(predicted.get(n))} -> {_fmt(kl[n])}" for n in candidates) + f"; {verdict}")  # fmt: skip
     return record
+
+
+def validation_windows(job: Job) -> tuple[Any, int]:
+    """Held-out calibration windows that share no token with the profiling windows or GPTQ's
+    (where the text is long enough), and how many do share some."""
+    from allocator.models.windows import Draw, holdout_windows
+    from allocator.profile.estimators import ESTIMATORS, load_all
+
+    s = job.settings
+    load_all()
+    spec = ESTIMATORS.get(s.estimator)
+    profiled = Draw(s.profile_windows or spec.windows, s.profile_seq_len or spec.seq_len)
+    ids, overlapping = holdout_windows(
+        job.loaded.tokenizer, job.text("calib"), seq_len=s.seq_len, n_windows=s.validate_windows,
+        seed=s.seed, bos=s.bos, avoid=[Draw(s.quant_windows, s.seq_len), profiled],
+    )  # fmt: skip
+    if overlapping:
+        job.log(f"validate: {overlapping} of the {ids.shape[0]} held-out windows share tokens "
+                "with the profiling or GPTQ windows: the calibration text is too short to keep "
+                "them apart; give more --calib-text for an unbiased check")  # fmt: skip
+    return ids, overlapping
 
 
 def _measure(job: Job, stages: Stages, models: dict[str, Any], ids: Any) -> dict[str, float | None]:

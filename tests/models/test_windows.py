@@ -56,3 +56,27 @@ def test_holdout_windows_are_disjoint_from_calibration() -> None:
     held = token_windows(tok, TEXT, seq_len=8, n_windows=10, seed=3, holdout=True)
     starts = {int(w[0]) for w in calib}
     assert starts.isdisjoint({int(w[0]) for w in held})
+
+
+def test_holdout_windows_keep_clear_of_other_draws() -> None:
+    """Held-out windows share no token with the calibration draws named in ``avoid`` (here the
+    GPTQ windows and shorter profiling windows), and say so when the text is too short."""
+    from allocator.models.windows import Draw, holdout_windows
+
+    tok = _Tokenizer(bos=None)
+    text = " ".join(str(10 + i) for i in range(400))  # token values are their positions + 10
+    gptq = token_windows(tok, text, seq_len=8, n_windows=10, seed=3)
+    profile = token_windows(tok, text, seq_len=4, n_windows=20, seed=3)
+    used = {int(t) for w in (*gptq, *profile) for t in w}
+    plain = token_windows(tok, text, seq_len=8, n_windows=10, seed=3, holdout=True)
+    assert {int(t) for w in plain for t in w} & used  # the seed's plain holdout overlaps
+    held, overlapping = holdout_windows(tok, text, seq_len=8, n_windows=10, seed=3,
+                                        avoid=[Draw(10, 8), Draw(20, 4)])  # fmt: skip
+    assert overlapping == 0 and held.shape == (10, 8)
+    assert not {int(t) for w in held for t in w} & used
+    short, overlapping = holdout_windows(tok, TEXT, seq_len=8, n_windows=10, seed=3,
+                                         avoid=[Draw(20, 8)])  # fmt: skip
+    assert short.shape == (10, 8) and overlapping == 5  # 25 windows in all, 20 taken
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(3))
+    starts = (order[-10:].sort().values * 8 + 10).tolist()  # without avoid: as before
+    assert [int(w[0]) for w in plain] == starts
