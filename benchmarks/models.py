@@ -48,7 +48,8 @@ def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
               "eval_windows": results.get("eval_windows"), "seq_len": results.get("seq_len"),
               "bos": results.get("bos"),
               "calibrate_options": settings.calibrate_options,
-              "calibration": settings.calibration, "apply_revision": APPLY_REVISION}  # fmt: skip
+              "calibration": settings.calibration, "apply_revision": APPLY_REVISION,
+              "quant_windows": settings.quant_windows}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -68,7 +69,8 @@ def markdown(records: list[dict[str, object]]) -> str:
                 f"| {row['method']} | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | {kl} |"
             )
         lines += ["", f"GPTQ calibration: {rec.get('calibration', 'plain')} (apply revision "
-                      f"{rec.get('apply_revision', '2')})."]  # fmt: skip
+                      f"{rec.get('apply_revision', '2')}), {rec.get('quant_windows', 16)} x 512 "
+                      "calibration windows."]  # fmt: skip
         if rec.get("calibrate_options"):
             lines += [
                 "",
