@@ -45,10 +45,7 @@ def token_windows(
     other random draws of this text and seed (``Draw``: windows and their length, e.g. the
     profiler's) whose tokens held-out windows also keep clear of (``holdout_windows``).
     """
-    return holdout_windows(
-        tokenizer, text, seq_len=seq_len, n_windows=n_windows, seed=seed,
-        contiguous=contiguous, bos=bos, holdout=holdout, avoid=avoid,
-    )[0]  # fmt: skip
+    return _draw(tokenizer, text, seq_len, n_windows, seed, contiguous, bos, holdout, avoid)[0]
 
 
 @dataclass(frozen=True)
@@ -61,22 +58,23 @@ class Draw:
 
 
 def holdout_windows(
-    tokenizer: Any,
-    text: str,
-    *,
-    seq_len: int,
-    n_windows: int | None,
-    seed: int = 0,
-    contiguous: bool = False,
-    bos: bool | None = None,
-    holdout: bool = True,
-    avoid: Sequence[Draw] = (),
-) -> tuple[Any, int]:
-    """``token_windows`` and how many of the windows share tokens with a draw in ``avoid``.
+    tokenizer: Any, text: str, *, seq_len: int, n_windows: int | None, seed: int,
+    avoid: Sequence[Draw], bos: bool | None = None,
+) -> tuple[Any, int]:  # fmt: skip
+    """``token_windows(..., holdout=True, avoid=avoid)`` and how many of the windows share
+    tokens with a draw in ``avoid``.
 
     Held-out windows are the chunks at the far end of the permutation whose tokens no avoided
     draw uses; only when too few such chunks exist are overlapping ones taken (counted).
     """
+    return _draw(tokenizer, text, seq_len, n_windows, seed, False, bos, True, avoid)
+
+
+def _draw(
+    tokenizer: Any, text: str, seq_len: int, n_windows: int | None, seed: int, contiguous: bool,
+    bos: bool | None, holdout: bool, avoid: Sequence[Draw],
+) -> tuple[Any, int]:  # fmt: skip
+    """(windows, how many held-out windows overlap ``avoid``): ``token_windows``' work."""
     import torch
 
     use_bos = adds_bos(tokenizer) if bos is None else bos
