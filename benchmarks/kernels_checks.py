@@ -1,4 +1,4 @@
-"""Correctness part of benchmarks/kernels.py: every candidate config against fp64, on the GPU.
+"""Correctness part of benchmarks/kernels_bench.py: every candidate config against fp64, on the GPU.
 
 Two families: the bit-plane kernels behind ``allocator::quant_matmul`` (``check_job``) and the
 prepared weights behind ``allocator::quant_matmul_prepared`` (``check_prepared_job``: the

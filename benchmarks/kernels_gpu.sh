@@ -32,9 +32,9 @@ fi
   git log -1 --format='commit %H %s' 2>/dev/null
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-timeout 420 $PY benchmarks/kernels.py --round2 --budget "${BUDGET:-210}" --round1 1,16 \
+timeout 420 $PY benchmarks/kernels_bench.py --round2 --budget "${BUDGET:-210}" --round1 1,16 \
   --workers "$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))" --out "$OUT" > "$OUT/kernels.log" 2>&1
-echo "kernels.py exit $? after $(( $(date +%s) - START )) s"
+echo "kernels_bench.py exit $? after $(( $(date +%s) - START )) s"
 tail -n 60 "$OUT/kernels.log"
 LEFT=$(( 570 - ($(date +%s) - START) ))
 if $PY -c "import allocator.quant.quant_linear" 2>/dev/null && [ "$LEFT" -gt 30 ]; then

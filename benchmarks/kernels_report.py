@@ -1,4 +1,4 @@
-"""Report part of ``benchmarks/kernels.py``: the markdown tables of a run (every row against the
+"""Report part of ``benchmarks/kernels_bench.py``: the markdown tables of a run (every row against the
 roofline, % of roofline by M, the 2:4 rows) and ``rereport``, an earlier run's rows against the
 roofline without a GPU.
 """
@@ -72,7 +72,7 @@ def rereport(path: Path, bandwidth: float | None, tflops: float | None, out: Pat
                      "fp16_pct_roof": 100 * roof["fp16_floor_us"] / row["fp16_us"],
                      "kernel": short(row["config"])})  # fmt: skip
     note = (
-        f"Re-reported from `{path.name}` by `python benchmarks/kernels.py --rereport` (no GPU): "
+        f"Re-reported from `{path.name}` by `python benchmarks/kernels_bench.py --rereport` (no GPU): "
         "the round-1 bit-plane kernels' times as measured then, against the roofline at the "
         "copy bandwidth measured in that run. floor = bytes the call must move / bandwidth, or "
         "the tensor-core time of 2MNK flops at the fp16 peak if longer; % roof = floor / time."

@@ -1,6 +1,6 @@
-"""The 2:4 sparse part of benchmarks/kernels.py: correctness, then GPU time vs fp16.
+"""The 2:4 sparse part of benchmarks/kernels_bench.py: correctness, then GPU time vs fp16.
 
-Imported by benchmarks/kernels.py (which makes ``allocator.kernels`` importable first).
+Imported by benchmarks/kernels_bench.py (which makes ``allocator.kernels`` importable first).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Timing part of ``benchmarks/kernels.py``: the grid, the copy bandwidth, and the GPU time per
+"""Timing part of ``benchmarks/kernels_bench.py``: the grid, the copy bandwidth, and the GPU time per
 call of ours, fp16 ``F.linear`` and the baselines, each row against the roofline.
 
 Times are CUDA-graph replays over weight copies that defeat the L2 (``allocator.kernels.autotune``

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 PROBE = textwrap.dedent(
     """
@@ -32,3 +36,30 @@ def test_transformers_loads_a_model_with_the_project_installed(tmp_path) -> None
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok allocator.kernels" in result.stdout
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def test_this_test_session_imports_the_installed_kernels_package_not_the_checkouts() -> None:
+    # pytest runs from the checkout, whose kernels/ folder must stay behind site-packages
+    # (pyproject's --import-mode=append, tests/conftest.py)
+    from transformers.utils.import_utils import is_kernels_available
+
+    spec = importlib.util.find_spec("kernels")
+    ours = CHECKOUT / "kernels"
+    assert not is_kernels_available() or (
+        spec is not None and not Path(spec.origin or "").is_relative_to(ours)
+    ), spec
+
+
+@pytest.mark.slow
+def test_python_m_allocator_loads_a_model_when_run_from_the_checkout(tmp_path) -> None:
+    from tests.helpers import save_tiny_model
+
+    paths = save_tiny_model(tmp_path, layers=1)
+    command = [sys.executable, "-m", "allocator", "eval", "--model", str(paths["model"]),
+               "--text", str(paths["calib"]), "--windows", "1", "--seq-len", "16"]  # fmt: skip
+    result = subprocess.run(command, cwd=CHECKOUT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CUDAProperties" not in result.stderr

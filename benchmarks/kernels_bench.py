@@ -13,11 +13,11 @@ Every timing is reported against the roofline (``kernels_roofline.py``): the byt
 must move over the measured copy bandwidth (and for large M the fp16 tensor-core peak, given
 with ``--tflops``); ``% roof`` = floor / time.
 
-    python benchmarks/kernels.py --round2 --budget 210 --round1 1,16 --out DIR  # kernels_gpu.sh
-    python benchmarks/kernels.py --quick                        # subset, a few minutes
-    python benchmarks/kernels.py --out results/                 # full grid
-    TRITON_INTERPRET=1 python benchmarks/kernels.py --dry-run   # CPU: small correctness only
-    python benchmarks/kernels.py --rereport benchmarks/results/kernels_h100.json
+    python benchmarks/kernels_bench.py --round2 --budget 210 --round1 1,16 --out DIR  # kernels_gpu.sh
+    python benchmarks/kernels_bench.py --quick                        # subset, a few minutes
+    python benchmarks/kernels_bench.py --out results/                 # full grid
+    TRITON_INTERPRET=1 python benchmarks/kernels_bench.py --dry-run   # CPU: small correctness only
+    python benchmarks/kernels_bench.py --rereport benchmarks/results/kernels_h100.json
                                                    # no GPU: roofline view of an earlier run
 
 Shapes are ``in_features x out_features`` (K x N). Writes ``kernels.md`` and ``kernels.json``
