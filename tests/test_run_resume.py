@@ -18,7 +18,7 @@ from tests.helpers import sample_text, save_tiny_model
 
 SCRIPT = """
 import sys, time
-sys.path.insert(0, {root!r})
+sys.path.append({root!r})  # behind site-packages: the checkout's kernels/ shadows
 import allocator.quant.apply as apply
 real = apply.compress_unit
 def slow(*args, **kwargs):
@@ -47,7 +47,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     root = str(Path(__file__).resolve().parents[1])
     code = SCRIPT.format(root=root, settings=settings.model_dump_json(), out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-P", "-c", code], cwd=root, stdout=subprocess.DEVNULL)
     state = out / "state.json"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:

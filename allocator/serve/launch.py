@@ -22,7 +22,9 @@ GPU_KINDS = ("profile", "apply", "eval", "run")
 
 
 def worker_command(folder: Path, parent_pid: int) -> list[str]:
-    return [sys.executable, "-m", "allocator.serve.worker", str(folder), str(parent_pid)]
+    """``-P``: the server's current folder stays off the worker's ``sys.path`` (from a checkout,
+    its ``kernels/`` folder would shadow the ``kernels`` package transformers imports)."""
+    return [sys.executable, "-P", "-m", "allocator.serve.worker", str(folder), str(parent_pid)]
 
 
 class Handle(Protocol):

@@ -20,7 +20,7 @@ GRID = "bits=2,4 group=32"
 
 SCRIPT = """
 import sys, torch
-sys.path.insert(0, {root!r})
+sys.path.append({root!r})  # behind site-packages: the checkout's kernels/ shadows
 from tests.helpers import tiny_model, tiny_ids
 from allocator.profile.api import profile
 ids = tiny_ids(n=40, seq_len=24)
@@ -44,7 +44,7 @@ def test_killed_estimator_resumes_to_the_same_table(tmp_path: Path, estimator: s
     checkpoint = Path(f"{journal}.{estimator}.safetensors")
     root = str(Path(__file__).resolve().parents[2])
     code = SCRIPT.format(root=root, grid=GRID, journal=str(journal), estimator=estimator)
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    proc = subprocess.Popen([sys.executable, "-P", "-c", code], cwd=root)
     deadline = time.monotonic() + 120
     while not checkpoint.is_file() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
