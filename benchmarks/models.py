@@ -27,7 +27,10 @@ RUNS = ROOT.parent / "runs" / "bench"
 MODELS = {  # calibration text, held-out evaluation text, evaluation windows x 512 tokens
     "smollm2": ("austen-calib", "austen-eval", 32),
     "gemma3-270m": ("pydoc-calib", "pydoc-eval", 16),  # 262k vocabulary: 4x the head cost
+    # a BERT sentence encoder: evaluated on 32 held-out passages (pooled-embedding cosine)
+    "all-minilm-l6-v2": ("pydoc-calib", "pydoc-eval", 32),
 }
+ENCODERS = {"all-minilm-l6-v2"}  # no LM head: no llama.cpp rule, cosine instead of perplexity
 
 
 def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
@@ -37,7 +40,7 @@ def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
     calib, held_out, windows = MODELS[model]
     settings = RunSettings(
         model=model, budget=budget, calib_text=[calib], eval_text=[held_out],
-        eval_windows=windows, compare_llama=True,
+        eval_windows=windows, compare_llama=model not in ENCODERS,
     )  # fmt: skip
     began = time.perf_counter()
     results = run(settings, RUNS / model, progress=False, log=print)
@@ -46,7 +49,8 @@ def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
     record = {"model": model, "budget": budget, "calib": calib, "eval": held_out, "rows": rows,
               "validation": results.get("validation"), "run_seconds": round(seconds, 1),
               "eval_windows": results.get("eval_windows"), "seq_len": results.get("seq_len"),
-              "bos": results.get("bos"),
+              "bos": results.get("bos"), "task": results.get("task", "causal_lm"),
+              "eval_texts": results.get("eval_texts"),
               "calibrate_options": settings.calibrate_options,
               "calibration": settings.calibration, "apply_revision": APPLY_REVISION,
               "quant_windows": settings.quant_windows}  # fmt: skip
@@ -58,16 +62,7 @@ def bench(model: str, budget: float, refresh: bool) -> dict[str, object]:
 def markdown(records: list[dict[str, object]]) -> str:
     lines = ["# Quality on several models (`python benchmarks/models.py`)", ""]
     for rec in records:
-        bos = ", BOS first" if rec.get("bos") else ""
-        lines += [f"## {rec['model']} at {rec['budget']} bits/weight "
-                  f"(calibration {rec['calib']}, evaluation {rec['eval']}: "
-                  f"{rec['eval_windows']} x {rec['seq_len']} tokens{bos})", "",
-                  "| method | avg bits | perplexity | KL |", "|---|---|---|---|"]  # fmt: skip
-        for row in rec["rows"]:  # type: ignore[union-attr]
-            kl = "-" if row["kl"] is None else f"{row['kl']:.4f}"
-            lines.append(
-                f"| {row['method']} | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | {kl} |"
-            )
+        lines += _rows(rec)
         lines += ["", f"GPTQ calibration: {rec.get('calibration', 'plain')} (apply revision "
                       f"{rec.get('apply_revision', '2')}), {rec.get('quant_windows', 16)} x 512 "
                       "calibration windows."]  # fmt: skip
@@ -79,10 +74,36 @@ def markdown(records: list[dict[str, object]]) -> str:
         val = rec.get("validation")
         if val:
             lines.append("")
-            lines.append(f"Validation (held-out calibration KL): {val['measured_kl']}, chosen {val['chosen']}; "
+            lines.append(f"Validation (held-out calibration, {val.get('metric', 'mean KL')}): "
+                         f"{val['measured_kl']}, chosen {val['chosen']}; "
                          f"job wall time {rec['run_seconds']} s.")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
+
+
+def _rows(rec: dict[str, object]) -> list[str]:
+    """The record's heading and table: perplexity and KL, or embedding cosine for an encoder."""
+    if rec.get("task") == "embedding":
+        lines = [f"## {rec['model']} at {rec['budget']} bits/weight (encoder; calibration "
+                 f"{rec['calib']}, evaluation {rec['eval']}: {rec['eval_texts']} held-out "
+                 "passages, pooled embeddings vs the original)", "",
+                 "| method | avg bits | mean cosine | worst cosine | relative MSE |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for row in rec["rows"]:  # type: ignore[union-attr]
+            lines.append(f"| {row['method']} | {row['avg_bits']:.3f} | {row['cosine']:.4f} | "
+                         f"{row['cosine_min']:.4f} | {row['relative_mse']:.4f} |")  # fmt: skip
+        return lines
+    bos = ", BOS first" if rec.get("bos") else ""
+    lines = [f"## {rec['model']} at {rec['budget']} bits/weight "
+             f"(calibration {rec['calib']}, evaluation {rec['eval']}: "
+             f"{rec['eval_windows']} x {rec['seq_len']} tokens{bos})", "",
+             "| method | avg bits | perplexity | KL |", "|---|---|---|---|"]  # fmt: skip
+    for row in rec["rows"]:  # type: ignore[union-attr]
+        kl = "-" if row["kl"] is None else f"{row['kl']:.4f}"
+        lines.append(
+            f"| {row['method']} | {row['avg_bits']:.3f} | {row['perplexity']:.2f} | {kl} |"
+        )
+    return lines
 
 
 def main(
